@@ -1,0 +1,46 @@
+"""lightning_equi: train a LightningModule nominally, with Haar augmentation, or projected onto
+the subspace of equivariant layers, and watch the distance to that subspace in TensorBoard.
+
+Submodules are imported on first use, so ``import lightning_equi`` is cheap and never imports
+escnn or tensorboard.
+
+Example:
+    >>> import lightning_equi as le
+    >>> le.get_group("C4").order
+    4
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0.dev0"
+
+# public name -> submodule that defines it
+_LAZY = {
+    **dict.fromkeys(
+        [
+            "Group", "FiniteGroup", "make_generator", "get_group", "GROUP_NAMES",
+            "CyclicGroup", "DihedralGroup", "SO2", "O2", "SO3", "O3", "TorusTranslations", "SymmetricGroup",
+            "Representation", "trivial", "regular", "standard", "irrep", "sign", "direct_sum",
+            "pair_representation", "grid_representation",
+        ],
+        "lightning_equi.groups",
+    ),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightning_equi' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,319 @@
+"""Orthogonal representations ``rho(g)`` of the groups, as batched matrices.
+
+A :class:`Representation` returns ``(B, d, d)`` matrices for a batch of elements; when every
+``rho(g)`` is a permutation matrix it also returns gather indices (``(rho(g) v)[j] = v[src[j]]``)
+so that data and weights can be acted on by indexing instead of matrix products. Continuous groups
+also expose the Lie-algebra generators of the representation (``d rho`` at the identity), which
+together with ``group.generators()`` characterise the fixed points of the whole group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_equi.groups.base import FiniteGroup, Group
+from lightning_equi.groups.finite import CyclicGroup, DihedralGroup
+from lightning_equi.groups.permutation import SymmetricGroup
+from lightning_equi.groups.planar import O2, SO2
+from lightning_equi.groups.spatial import SO3
+from lightning_equi.groups.torus import TorusTranslations
+
+__all__ = [
+    "Representation",
+    "trivial",
+    "regular",
+    "standard",
+    "irrep",
+    "sign",
+    "direct_sum",
+    "pair_representation",
+    "grid_representation",
+]
+
+
+class Representation:
+    """An orthogonal representation of ``group`` on ``R^dim``.
+
+    Args:
+        group: the group acting.
+        dim: the dimension of the representation space.
+        name: a short label, used in error messages and reprs.
+        matrices: ``g -> (B, dim, dim)`` float64.
+        permutation: ``g -> (B, dim)`` long gather indices, for permutation representations only.
+        lie_algebra: ``() -> (k, dim, dim)`` generators of the infinitesimal action (continuous groups).
+
+    Example:
+        >>> from lightning_equi.groups import CyclicGroup
+        >>> rho = regular(CyclicGroup(4))
+        >>> rho(torch.tensor([1]))[0].long()
+        tensor([[0, 0, 0, 1],
+                [1, 0, 0, 0],
+                [0, 1, 0, 0],
+                [0, 0, 1, 0]])
+    """
+
+    def __init__(
+        self,
+        group: Group,
+        dim: int,
+        name: str,
+        matrices: Callable[[Tensor], Tensor],
+        permutation: Callable[[Tensor], Tensor] | None = None,
+        lie_algebra: Callable[[], Tensor] | None = None,
+    ) -> None:
+        self.group, self.dim, self.name = group, int(dim), name
+        self._matrices, self._permutation, self._lie = matrices, permutation, lie_algebra
+
+    @property
+    def is_permutation(self) -> bool:
+        return self._permutation is not None
+
+    def __call__(self, g: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+        """The matrices ``rho(g)``, shape ``(B, dim, dim)``."""
+        self.group.check(g)
+        return self._matrices(g).to(dtype)
+
+    def permutation(self, g: Tensor) -> Tensor:
+        """Gather indices ``src`` with ``(rho(g) v)[j] = v[src[j]]``, shape ``(B, dim)``."""
+        if self._permutation is None:
+            raise ValueError(f"representation {self.name} of {self.group.name} is not a permutation representation")
+        self.group.check(g)
+        return self._permutation(g)
+
+    def lie_algebra(self, device=None) -> Tensor:
+        """Generators ``(k, dim, dim)`` of the Lie-algebra action; ``k = 0`` for finite groups."""
+        if self._lie is None:
+            return torch.zeros(0, self.dim, self.dim, dtype=torch.float64, device=device)
+        return self._lie().to(device)
+
+    def __add__(self, other: Representation) -> Representation:
+        return direct_sum([self, other])
+
+    def __mul__(self, copies: int) -> Representation:
+        return direct_sum([self] * int(copies))
+
+    __rmul__ = __mul__
+
+    def __repr__(self) -> str:
+        return f"Representation({self.name}, {self.group.name}, dim={self.dim})"
+
+
+def _from_permutation(group: Group, dim: int, name: str, perm: Callable[[Tensor], Tensor], lie=None):
+    def matrices(g: Tensor) -> Tensor:
+        src = perm(g)
+        eye = torch.eye(dim, dtype=torch.float64, device=src.device)
+        return eye[src]  # row j of rho(g) is e_{src[j]}
+
+    return Representation(group, dim, name, matrices, perm, lie)
+
+
+def trivial(group: Group) -> Representation:
+    """The 1-dimensional trivial representation (invariant scalars)."""
+    return _from_permutation(
+        group,
+        1,
+        "trivial",
+        lambda g: torch.zeros(g.shape[0], 1, dtype=torch.long, device=g.device),
+        None if group.is_finite else lambda: torch.zeros(_lie_dim(group), 1, 1, dtype=torch.float64),
+    )
+
+
+def regular(group: Group) -> Representation:
+    """The regular representation of a finite group: ``rho(g) e_h = e_{g h}``."""
+    if not isinstance(group, FiniteGroup):
+        raise ValueError(f"{group.name} is continuous and has no finite regular representation")
+    if isinstance(group, SymmetricGroup) and group.n > 5:
+        raise ValueError(f"the regular representation of {group.name} has dimension {group.order}; use "
+                         "standard() (the permutation representation on R^n) instead")
+    cache: dict = {}
+
+    def perm(g: Tensor) -> Tensor:
+        key = g.device
+        if key not in cache:
+            cache[key] = group.cayley_table(device=g.device)
+        # (rho(g) v)[index(h)] = v[index(g^-1 h)]
+        return cache[key][group.index(group.inverse(g))]
+
+    return _from_permutation(group, group.order, "regular", perm)
+
+
+def _rot2(theta: Tensor) -> Tensor:
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+_MIRROR = torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # x -> -x
+_J = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)  # d/dtheta R(theta) at 0
+_SO3_ALGEBRA = torch.tensor(
+    [
+        [[0, 0, 0], [0, 0, -1], [0, 1, 0]],
+        [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
+        [[0, -1, 0], [1, 0, 0], [0, 0, 0]],
+    ],
+    dtype=torch.float64,
+)
+
+
+def _lie_dim(group: Group) -> int:
+    if isinstance(group, (SO2, O2)):
+        return 1
+    if isinstance(group, SO3):  # O3 subclasses SO3
+        return 3
+    return 0
+
+
+def _planar(group: Group, frequency: int, name: str) -> Representation:
+    """``R(k theta) S^f`` for C_N, D_N, SO(2), O(2) at frequency ``k``."""
+    k = int(frequency)
+    mirror = isinstance(group, (DihedralGroup, O2))
+
+    def matrices(g: Tensor) -> Tensor:
+        m = _rot2(k * group.angle(g))
+        if mirror:
+            f = group.flip(g).bool()
+            m = torch.where(f[:, None, None], m @ _MIRROR.to(m.device), m)
+        return m
+
+    lie = (lambda: (k * _J)[None]) if isinstance(group, (SO2, O2)) else None
+    return Representation(group, 2, name, matrices, None, lie)
+
+
+def standard(group: Group) -> Representation:
+    """The defining representation: 2x2 for C_N/D_N/SO(2)/O(2), 3x3 for SO(3)/O(3), permutation
+    matrices on ``R^n`` for S_n, and the shift of the ``N1 x ... x Nd`` grid for a torus."""
+    if isinstance(group, (CyclicGroup, DihedralGroup, SO2, O2)):
+        return _planar(group, 1, "standard")
+    if isinstance(group, SO3):
+        return Representation(group, 3, "standard", lambda g: g, None, lambda: _SO3_ALGEBRA)
+    if isinstance(group, SymmetricGroup):
+        return _from_permutation(group, group.n, "standard", group.inverse)  # src = p^-1
+    if isinstance(group, TorusTranslations):
+        return _torus_regular(group)
+    raise ValueError(f"no standard representation for {group.name}")
+
+
+def _torus_regular(group: TorusTranslations) -> Representation:
+    def perm(g: Tensor) -> Tensor:
+        # (t . x)[p] = x[p - t] on the flattened grid
+        pos = group.elements(device=g.device)  # (P, d) all grid positions, row-major
+        src = (pos[None, :, :] - g[:, None, :]) % torch.tensor(group.shape, device=g.device)
+        return group.index(src.reshape(-1, len(group.shape))).reshape(g.shape[0], -1)
+
+    return _from_permutation(group, group.order, "regular", perm)
+
+
+def sign(group: Group) -> Representation:
+    """``det``: -1 on mirrors (D_N, O(2), O(3)) and odd permutations (S_n)."""
+    if isinstance(group, (DihedralGroup, O2)):
+        fn = lambda g: (1.0 - 2.0 * group.flip(g).double())[:, None, None]  # noqa: E731
+    elif isinstance(group, SO3):
+        fn = lambda g: torch.linalg.det(g)[:, None, None].round()  # noqa: E731
+    elif isinstance(group, SymmetricGroup):
+        fn = lambda g: torch.linalg.det(standard(group)(g))[:, None, None].round()  # noqa: E731
+    else:
+        raise ValueError(f"{group.name} has no sign representation")
+    lie = None if group.is_finite else (lambda: torch.zeros(_lie_dim(group), 1, 1, dtype=torch.float64))
+    return Representation(group, 1, "sign", fn, None, lie)
+
+
+def irrep(group: Group, frequency: int) -> Representation:
+    """Real irreducible representation of frequency ``k`` of C_N, D_N, SO(2), O(2):
+    ``R(k theta)`` (times the mirror for D_N/O(2)); ``k = 0`` is the trivial one. For SO(3)/O(3)
+    only ``l = 0, 1``; higher ``l`` come from escnn (``lightning_equi.adapters.escnn``)."""
+    k = int(frequency)
+    if k == 0:
+        return trivial(group)
+    if isinstance(group, (CyclicGroup, DihedralGroup, SO2, O2)):
+        if isinstance(group, (CyclicGroup, DihedralGroup)) and 2 * k >= group.n:
+            raise ValueError(f"frequency {k} of {group.name} is not a 2-dimensional irrep (needs 2k < {group.n})")
+        return _planar(group, k, f"irrep{k}")
+    if isinstance(group, SO3) and k == 1:
+        return standard(group)
+    raise ValueError(f"irrep {k} of {group.name} is not built in; build it with escnn")
+
+
+def pair_representation(group: SymmetricGroup) -> Representation:
+    """S_n acting on ``R^{n x n}`` (edge features, adjacency matrices): ``(g A)[p_i, p_j] = A[i, j]``."""
+    n = group.n
+
+    def perm(g: Tensor) -> Tensor:
+        src = group.inverse(g)
+        return (src[:, :, None] * n + src[:, None, :]).reshape(g.shape[0], n * n)
+
+    return _from_permutation(group, n * n, "pairs", perm)
+
+
+def direct_sum(reps: Sequence[Representation]) -> Representation:
+    """Block-diagonal sum of representations of one group."""
+    reps = list(reps)
+    if not reps:
+        raise ValueError("direct_sum needs at least one representation")
+    group = reps[0].group
+    for r in reps:
+        if r.group != group:
+            raise ValueError(f"cannot sum representations of {group.name} and {r.group.name}")
+    dims = [r.dim for r in reps]
+    offsets = torch.tensor([0, *dims]).cumsum(0).tolist()
+    dim = offsets[-1]
+    name = "+".join(r.name for r in reps) if len(reps) <= 4 else f"{len(reps)} fields"
+
+    def matrices(g: Tensor) -> Tensor:
+        out = torch.zeros(g.shape[0], dim, dim, dtype=torch.float64, device=g.device)
+        for r, a, b in zip(reps, offsets[:-1], offsets[1:]):
+            out[:, a:b, a:b] = r(g)
+        return out
+
+    perm = None
+    if all(r.is_permutation for r in reps):
+        def perm(g: Tensor) -> Tensor:
+            return torch.cat([r.permutation(g) + off for r, off in zip(reps, offsets)], dim=1)
+
+        def matrices(g: Tensor) -> Tensor:  # noqa: F811
+            return torch.eye(dim, dtype=torch.float64, device=g.device)[perm(g)]
+
+    lie = None
+    if not group.is_finite:
+        def lie() -> Tensor:
+            blocks = [r.lie_algebra() for r in reps]
+            k = max(b.shape[0] for b in blocks)
+            return torch.stack([torch.block_diag(*[b[i] for b in blocks]) for i in range(k)])
+
+    return Representation(group, dim, name, matrices, perm, lie)
+
+
+def grid_representation(group: Group, size: tuple[int, int]) -> Representation:
+    """A 90-degree-rotation/mirror group acting on the positions of an ``H x W`` grid (a kernel or
+    an image), as a permutation representation: ``(rho(g) K)[p] = K[g^-1 p]``.
+
+    Convention (escnn's): C_N element ``k`` is ``torch.rot90(K, k * 4 // N, dims=(-2, -1))``, the
+    mirror of D_N is ``torch.flip(K, (-1,))`` (``x -> -x``), and ``(f, k)`` is the mirror first.
+    Only C1, C2, C4, D1, D2 and D4 act exactly on a grid; C4/D4 (and C2/D2 with ``H != W`` not
+    allowed for quarter turns) need a square grid.
+    """
+    h, w = (int(size[0]), int(size[1]))
+    if isinstance(group, CyclicGroup) and group.n in (1, 2, 4):
+        quarter, mirror = 4 // group.n, False
+    elif isinstance(group, DihedralGroup) and group.n in (1, 2, 4):
+        quarter, mirror = 4 // group.n, True
+    else:
+        raise ValueError(
+            f"{group.name} does not act exactly on a pixel grid: only C1, C2, C4, D1, D2, D4 do "
+            "(rotations by multiples of 90 degrees and mirrors); use interpolation or escnn's basis"
+        )
+    if quarter == 1 and h != w:
+        raise ValueError(f"{group.name} rotates by 90 degrees, which needs a square grid; got {h}x{w}")
+
+    def perm(g: Tensor) -> Tensor:
+        ids = torch.arange(h * w, device=g.device).reshape(h, w)
+        els = group.elements(device=g.device)
+        table = []
+        for e in els:  # |G| <= 8: one index image per element
+            f, k = (int(e[0]), int(e[1])) if mirror else (0, int(e))
+            img = torch.flip(ids, (-1,)) if f else ids
+            table.append(torch.rot90(img, k * quarter, dims=(-2, -1)).reshape(-1))
+        return torch.stack(table)[group.index(g)]
+
+    return _from_permutation(group, h * w, f"grid{h}x{w}", perm)

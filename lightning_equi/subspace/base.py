@@ -1,0 +1,155 @@
+"""How a group acts on one parameter tensor, and the interface of every projector onto E.
+
+A :class:`TensorAction` is the lifted action ``rho_bar(g) W = rho_out(g) W rho_in(g)^-1`` written
+as a tensor product: the parameter's axes are split into consecutive *factors*, each carrying a
+representation (``rho_out`` on the output axis, ``rho_in`` on the input axis -- for orthogonal
+representations ``W rho_in(g)^-1`` is ``rho_in(g)`` acting on the input index -- and, for a
+convolution, a grid representation on the kernel axes). E is the set of fixed points of that action
+and every :class:`Projector` is the orthogonal projection onto it.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_equi.groups import FiniteGroup, Group, Representation
+
+__all__ = ["TensorAction", "Projector", "group_average"]
+
+
+class TensorAction:
+    """``G`` acting on a tensor of ``shape`` by ``rho_1 (x) rho_2 (x) ...`` over consecutive axes.
+
+    Args:
+        shape: the parameter's shape.
+        factors: ``(representation, number_of_axes)`` pairs covering ``shape`` left to right; the
+            representation's dimension must equal the product of those axes' sizes.
+
+    Example:
+        >>> from lightning_equi.groups import CyclicGroup, regular, trivial, grid_representation
+        >>> G = CyclicGroup(4)
+        >>> conv = TensorAction((8, 1, 3, 3), [(2 * regular(G), 1), (trivial(G), 1),
+        ...                                     (grid_representation(G, (3, 3)), 2)])
+        >>> conv.act(G.generators(), torch.randn(8, 1, 3, 3)).shape
+        torch.Size([1, 8, 1, 3, 3])
+    """
+
+    def __init__(self, shape: Sequence[int], factors: Sequence[tuple[Representation, int]]) -> None:
+        self.shape = torch.Size(shape)
+        self.factors = [(rep, int(n)) for rep, n in factors]
+        if not self.factors:
+            raise ValueError("a TensorAction needs at least one factor")
+        self.group: Group = self.factors[0][0].group
+        axis = 0
+        for rep, n in self.factors:
+            if rep.group != self.group:
+                raise ValueError(f"factors act by different groups: {self.group.name} and {rep.group.name}")
+            size = math.prod(self.shape[axis : axis + n])
+            if size != rep.dim:
+                raise ValueError(
+                    f"axes {tuple(range(axis, axis + n))} of a parameter of shape {tuple(self.shape)} have "
+                    f"size {size}, but representation {rep.name} of {self.group.name} has dimension {rep.dim}"
+                )
+            axis += n
+        if axis != len(self.shape):
+            raise ValueError(f"factors cover {axis} axes of a parameter with {len(self.shape)} axes")
+
+    @property
+    def factor_dims(self) -> list[int]:
+        return [rep.dim for rep, _ in self.factors]
+
+    @property
+    def is_permutation(self) -> bool:
+        return all(rep.is_permutation for rep, _ in self.factors)
+
+    def act(self, g: Tensor, w: Tensor) -> Tensor:
+        """``rho_bar(g) w`` for each element of the batch ``g``: shape ``(B, *shape)``."""
+        w = w.reshape(self.factor_dims)
+        out = w.unsqueeze(0).expand(g.shape[0], *w.shape)
+        for i, (rep, _) in enumerate(self.factors):
+            m = rep(g, dtype=w.dtype).to(w.device)  # (B, d, d)
+            out = torch.movedim(out, i + 1, -1)
+            out = torch.einsum("b...j,bij->b...i", out, m)
+            out = torch.movedim(out, -1, i + 1)
+        return out.reshape(g.shape[0], *self.shape)
+
+    def generators(self, device=None) -> tuple[Tensor | None, list[Tensor]]:
+        """The constraints that define E: ``(discrete generators or None, Lie-algebra generators)``.
+
+        ``W`` is in E iff ``act(s, W) == W`` for every discrete generator ``s`` and
+        ``sum_f  X_f acting on axis f  W == 0`` for every Lie-algebra generator ``X``.
+        """
+        try:
+            gens = self.group.generators(device=device)
+        except NotImplementedError:
+            gens = None
+        lies = [rep.lie_algebra(device) for rep, _ in self.factors]
+        k = max(l.shape[0] for l in lies)
+        return gens, [torch.stack([l[i] if i < l.shape[0] else torch.zeros_like(l[0]) for i in range(k)])
+                      if l.shape[0] else torch.zeros(k, l.shape[1], l.shape[2], dtype=torch.float64)
+                      for l in lies]
+
+
+class Projector(ABC):
+    """The orthogonal projection ``Pi_E`` onto the equivariant subspace of one parameter tensor.
+
+    Subclasses precompute what they need once (orbit ids, bases, Fourier transforms) and apply in a
+    few elementwise passes. ``project`` must be exact (to float precision), idempotent and
+    self-adjoint for the Frobenius inner product, and accept any floating dtype and device.
+    """
+
+    #: short label of the method, e.g. ``"orbit-mean"``, ``"fourier"``, ``"basis"``
+    kind: str = "projector"
+    #: True when the range is exactly the fixed points of the group action (not an approximation
+    #: such as escnn's band-limited basis)
+    exact: bool = True
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        self.shape = torch.Size(shape)
+
+    @abstractmethod
+    def project(self, w: Tensor) -> Tensor:
+        """``Pi_E w`` (a new tensor, same shape, dtype and device as ``w``)."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """``dim E``."""
+
+    def project_(self, w: Tensor) -> Tensor:
+        """Project in place (``w`` may be a parameter's ``.data`` or ``.grad``)."""
+        with torch.no_grad():
+            w.copy_(self.project(w))
+        return w
+
+    def distance(self, w: Tensor) -> Tensor:
+        """``||w - Pi_E w||`` (Frobenius)."""
+        with torch.no_grad():
+            return (w - self.project(w)).norm()
+
+    def check_shape(self, w: Tensor, name: str = "parameter") -> None:
+        if w.shape != self.shape:
+            raise ValueError(f"{name} has shape {tuple(w.shape)}, but its projector was built for {tuple(self.shape)}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={tuple(self.shape)}, dim={self.dim})"
+
+
+def group_average(action: TensorAction, w: Tensor) -> Tensor:
+    """The slow, obviously-correct reference: ``1/|G| sum_g rho_bar(g) w`` in float64.
+
+    Only for finite groups (the tests compare every fast projector against it).
+    """
+    group = action.group
+    if not isinstance(group, FiniteGroup):
+        raise ValueError(f"group_average needs a finite group, got {group.name}")
+    els = group.elements(device=w.device)
+    acc = torch.zeros(action.shape, dtype=torch.float64, device=w.device)
+    for i in range(0, els.shape[0], 64):
+        acc += action.act(els[i : i + 64], w.double()).sum(0)
+    return (acc / els.shape[0]).to(w.dtype)
