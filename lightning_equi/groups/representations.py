@@ -66,6 +66,8 @@ class Representation:
     ) -> None:
         self.group, self.dim, self.name = group, int(dim), name
         self._matrices, self._permutation, self._lie = matrices, permutation, lie_algebra
+        #: the irreducible-or-atomic pieces this representation is the direct sum of (itself if atomic)
+        self.summands: list[Representation] = [self]
 
     @property
     def is_permutation(self) -> bool:
@@ -107,7 +109,9 @@ def _from_permutation(group: Group, dim: int, name: str, perm: Callable[[Tensor]
         eye = torch.eye(dim, dtype=torch.float64, device=src.device)
         return eye[src]  # row j of rho(g) is e_{src[j]}
 
-    return Representation(group, dim, name, matrices, perm, lie)
+    out = Representation(group, dim, name, matrices, perm, lie)
+    out.summands = [s for r in reps for s in r.summands]
+    return out
 
 
 def trivial(group: Group) -> Representation:
@@ -281,7 +285,9 @@ def direct_sum(reps: Sequence[Representation]) -> Representation:
             k = max(b.shape[0] for b in blocks)
             return torch.stack([torch.block_diag(*[b[i] for b in blocks]) for i in range(k)])
 
-    return Representation(group, dim, name, matrices, perm, lie)
+    out = Representation(group, dim, name, matrices, perm, lie)
+    out.summands = [s for r in reps for s in r.summands]
+    return out
 
 
 def grid_representation(group: Group, size: tuple[int, int]) -> Representation:
