@@ -109,9 +109,7 @@ def _from_permutation(group: Group, dim: int, name: str, perm: Callable[[Tensor]
         eye = torch.eye(dim, dtype=torch.float64, device=src.device)
         return eye[src]  # row j of rho(g) is e_{src[j]}
 
-    out = Representation(group, dim, name, matrices, perm, lie)
-    out.summands = [s for r in reps for s in r.summands]
-    return out
+    return Representation(group, dim, name, matrices, perm, lie)
 
 
 def trivial(group: Group) -> Representation:
