@@ -69,6 +69,8 @@ class TensorAction:
 
     def act(self, g: Tensor, w: Tensor) -> Tensor:
         """``rho_bar(g) w`` for each element of the batch ``g``: shape ``(B, *shape)``."""
+        if self.is_permutation:  # gathering is exact and needs no dense matrices
+            return w.reshape(-1)[self.index_permutation(g).to(w.device)].reshape(g.shape[0], *self.shape)
         w = w.reshape(self.factor_dims)
         out = w.unsqueeze(0).expand(g.shape[0], *w.shape)
         for i, (rep, _) in enumerate(self.factors):
@@ -78,21 +80,48 @@ class TensorAction:
             out = torch.movedim(out, -1, i + 1)
         return out.reshape(g.shape[0], *self.shape)
 
+    def index_permutation(self, g: Tensor) -> Tensor:
+        """Gather indices ``(B, numel)`` of a permutation action on the flattened tensor.
+
+        ``act(g, w).flatten(1) == w.flatten()[src]``: the index map of a tensor product is the
+        product of the factors' index maps, ``src[(i, j)] = (src_1[i], src_2[j])``.
+
+        Example:
+            >>> from lightning_equi.groups import CyclicGroup, regular
+            >>> G = CyclicGroup(3)
+            >>> TensorAction((3, 3), [(regular(G), 1), (regular(G), 1)]).index_permutation(G.generators())
+            tensor([[8, 6, 7, 2, 0, 1, 5, 3, 4]])
+        """
+        if not self.is_permutation:
+            names = [rep.name for rep, _ in self.factors if not rep.is_permutation]
+            raise ValueError(
+                f"index_permutation needs permutation representations on every factor; {names} are not"
+            )
+        src = torch.zeros(g.shape[0], 1, dtype=torch.long, device=g.device)
+        for rep, _ in self.factors:
+            s = rep.permutation(g).to(g.device)  # (B, d)
+            src = (src[:, :, None] * rep.dim + s[:, None, :]).reshape(g.shape[0], -1)
+        return src
+
     def generators(self, device=None) -> tuple[Tensor | None, list[Tensor]]:
         """The constraints that define E: ``(discrete generators or None, Lie-algebra generators)``.
 
         ``W`` is in E iff ``act(s, W) == W`` for every discrete generator ``s`` and
-        ``sum_f  X_f acting on axis f  W == 0`` for every Lie-algebra generator ``X``.
+        ``sum_f  X_f acting on axis f  W == 0`` for every Lie-algebra generator ``X``; the second
+        item holds one ``(k, d_f, d_f)`` tensor per factor (``k = 0`` for finite groups, zero-padded
+        where a factor's representation has fewer generators).
         """
         try:
             gens = self.group.generators(device=device)
         except NotImplementedError:
             gens = None
         lies = [rep.lie_algebra(device) for rep, _ in self.factors]
-        k = max(l.shape[0] for l in lies)
-        return gens, [torch.stack([l[i] if i < l.shape[0] else torch.zeros_like(l[0]) for i in range(k)])
-                      if l.shape[0] else torch.zeros(k, l.shape[1], l.shape[2], dtype=torch.float64)
-                      for l in lies]
+        k = max(lie.shape[0] for lie in lies)
+        padded = []
+        for lie in lies:
+            pad = torch.zeros(k - lie.shape[0], *lie.shape[1:], dtype=torch.float64, device=lie.device)
+            padded.append(torch.cat([lie, pad]))
+        return gens, padded
 
 
 class Projector(ABC):
@@ -134,7 +163,9 @@ class Projector(ABC):
 
     def check_shape(self, w: Tensor, name: str = "parameter") -> None:
         if w.shape != self.shape:
-            raise ValueError(f"{name} has shape {tuple(w.shape)}, but its projector was built for {tuple(self.shape)}")
+            raise ValueError(
+                f"{name} has shape {tuple(w.shape)}, but its projector was built for {tuple(self.shape)}"
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={tuple(self.shape)}, dim={self.dim})"
