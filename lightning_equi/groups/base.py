@@ -24,7 +24,10 @@ def make_generator(seed: int | None = None, device: torch.device | str = "cpu") 
         True
     """
     gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed) if seed is not None else torch.seed())
+    if seed is None:
+        gen.seed()  # a fresh random seed for this generator only; torch.seed() would reseed the global RNG
+    else:
+        gen.manual_seed(int(seed))
     return gen
 
 
@@ -89,10 +92,11 @@ class Group(ABC):
         """Raise a clear error when ``g`` is not a batch of elements of this group."""
         if not isinstance(g, Tensor):
             raise TypeError(f"{argument} must be a tensor of {self.name} elements, got {type(g).__name__}")
-        if tuple(g.shape[1:]) != self.element_shape:
+        if g.dim() != 1 + len(self.element_shape) or tuple(g.shape[1:]) != self.element_shape:
+            expected = ", ".join(["B", *map(str, self.element_shape)])
             raise ValueError(
                 f"{argument} has shape {tuple(g.shape)}, but a batch of {self.name} elements has shape "
-                f"(B, {', '.join(map(str, self.element_shape))})".replace(", )", ")")
+                f"({expected}{',' if not self.element_shape else ''}); add a batch dimension with g[None]"
             )
         return g
 

@@ -18,7 +18,9 @@ _TWO_PI = 2 * torch.pi
 
 
 def _wrap(theta: Tensor) -> Tensor:
-    return torch.remainder(theta, _TWO_PI)
+    """Angles in ``[0, 2 pi)``; ``remainder`` rounds a tiny negative angle up to exactly ``2 pi``."""
+    r = torch.remainder(theta, _TWO_PI)
+    return torch.where(r >= _TWO_PI, torch.zeros_like(r), r)
 
 
 def _angle_diff(a: Tensor, b: Tensor) -> Tensor:

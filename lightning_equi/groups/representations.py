@@ -5,6 +5,16 @@ A :class:`Representation` returns ``(B, d, d)`` matrices for a batch of elements
 so that data and weights can be acted on by indexing instead of matrix products. Continuous groups
 also expose the Lie-algebra generators of the representation (``d rho`` at the identity), which
 together with ``group.generators()`` characterise the fixed points of the whole group.
+
+Relation to escnn (checked in ``tests/test_representations.py``): under the element maps
+``C_N k <-> G.element(k)``, ``D_N (f, k) <-> G.element((f, k))``, ``SO(2) theta <-> G.element(theta)``
+and ``O(2) (f, theta) <-> G.element((f, theta))``, the element order, the composition law and the
+regular representations equal escnn's, and ``irrep(C_N or SO(2), k)`` equals escnn's ``irrep(k)``.
+Our mirror is ``S = diag(-1, 1)`` (``x -> -x``, i.e. ``torch.flip(x, (-1,))`` on images, the flip of
+escnn's default ``flipRot2dOnR2``), while escnn's group irrep ``irrep(1, k)`` of D_N/O(2) uses
+``diag(1, -1)``. They are conjugate by the quarter turn ``Q = R(pi / 2)`` for every ``k``:
+``irrep(G, k)(g) = Q @ escnn_irrep(1, k)(g) @ Q.T`` (because ``diag(-1, 1) = R(pi) diag(1, -1)`` and
+``R(phi) M R(-phi) = R(2 phi) M`` for a mirror ``M``). ``sign`` is escnn's ``irrep(1, 0)``.
 """
 
 from __future__ import annotations
@@ -81,7 +91,9 @@ class Representation:
     def permutation(self, g: Tensor) -> Tensor:
         """Gather indices ``src`` with ``(rho(g) v)[j] = v[src[j]]``, shape ``(B, dim)``."""
         if self._permutation is None:
-            raise ValueError(f"representation {self.name} of {self.group.name} is not a permutation representation")
+            raise ValueError(
+                f"representation {self.name} of {self.group.name} is not a permutation representation"
+            )
         self.group.check(g)
         return self._permutation(g)
 
@@ -128,8 +140,10 @@ def regular(group: Group) -> Representation:
     if not isinstance(group, FiniteGroup):
         raise ValueError(f"{group.name} is continuous and has no finite regular representation")
     if isinstance(group, SymmetricGroup) and group.n > 5:
-        raise ValueError(f"the regular representation of {group.name} has dimension {group.order}; use "
-                         "standard() (the permutation representation on R^n) instead")
+        raise ValueError(
+            f"the regular representation of {group.name} has dimension {group.order}; use "
+            "standard() (the permutation representation on R^n) instead"
+        )
     cache: dict = {}
 
     def perm(g: Tensor) -> Tensor:
@@ -207,6 +221,12 @@ def _torus_regular(group: TorusTranslations) -> Representation:
     return _from_permutation(group, group.order, "regular", perm)
 
 
+def _parity_sign(p: Tensor) -> Tensor:
+    """``(-1)^(number of inversions)`` of each permutation, exactly (no determinant)."""
+    inversions = (p[:, :, None] > p[:, None, :]).triu(diagonal=1).sum(dim=(1, 2))
+    return 1.0 - 2.0 * (inversions % 2).double()
+
+
 def sign(group: Group) -> Representation:
     """``det``: -1 on mirrors (D_N, O(2), O(3)) and odd permutations (S_n)."""
     if isinstance(group, (DihedralGroup, O2)):
@@ -214,7 +234,7 @@ def sign(group: Group) -> Representation:
     elif isinstance(group, SO3):
         fn = lambda g: torch.linalg.det(g)[:, None, None].round()  # noqa: E731
     elif isinstance(group, SymmetricGroup):
-        fn = lambda g: torch.linalg.det(standard(group)(g))[:, None, None].round()  # noqa: E731
+        fn = lambda g: _parity_sign(g)[:, None, None]  # noqa: E731
     else:
         raise ValueError(f"{group.name} has no sign representation")
     lie = None if group.is_finite else (lambda: torch.zeros(_lie_dim(group), 1, 1, dtype=torch.float64))
@@ -226,11 +246,15 @@ def irrep(group: Group, frequency: int) -> Representation:
     ``R(k theta)`` (times the mirror for D_N/O(2)); ``k = 0`` is the trivial one. For SO(3)/O(3)
     only ``l = 0, 1``; higher ``l`` come from escnn (``lightning_equi.adapters.escnn``)."""
     k = int(frequency)
+    if k < 0:
+        raise ValueError(f"frequency must be >= 0, got {k} (frequency -k is equivalent to k)")
     if k == 0:
         return trivial(group)
     if isinstance(group, (CyclicGroup, DihedralGroup, SO2, O2)):
         if isinstance(group, (CyclicGroup, DihedralGroup)) and 2 * k >= group.n:
-            raise ValueError(f"frequency {k} of {group.name} is not a 2-dimensional irrep (needs 2k < {group.n})")
+            raise ValueError(
+                f"frequency {k} of {group.name} is not a 2-dimensional irrep (needs 2k < {group.n})"
+            )
         return _planar(group, k, f"irrep{k}")
     if isinstance(group, SO3) and k == 1:
         return standard(group)
@@ -264,20 +288,24 @@ def direct_sum(reps: Sequence[Representation]) -> Representation:
 
     def matrices(g: Tensor) -> Tensor:
         out = torch.zeros(g.shape[0], dim, dim, dtype=torch.float64, device=g.device)
-        for r, a, b in zip(reps, offsets[:-1], offsets[1:]):
+        for r, a, b in zip(reps, offsets[:-1], offsets[1:], strict=True):
             out[:, a:b, a:b] = r(g)
         return out
 
     perm = None
     if all(r.is_permutation for r in reps):
+
         def perm(g: Tensor) -> Tensor:
-            return torch.cat([r.permutation(g) + off for r, off in zip(reps, offsets)], dim=1)
+            return torch.cat(
+                [r.permutation(g) + off for r, off in zip(reps, offsets[:-1], strict=True)], dim=1
+            )
 
         def matrices(g: Tensor) -> Tensor:  # noqa: F811
             return torch.eye(dim, dtype=torch.float64, device=g.device)[perm(g)]
 
     lie = None
     if not group.is_finite:
+
         def lie() -> Tensor:
             blocks = [r.lie_algebra() for r in reps]
             k = max(b.shape[0] for b in blocks)
@@ -310,14 +338,17 @@ def grid_representation(group: Group, size: tuple[int, int]) -> Representation:
     if quarter == 1 and h != w:
         raise ValueError(f"{group.name} rotates by 90 degrees, which needs a square grid; got {h}x{w}")
 
+    cache: dict = {}
+
     def perm(g: Tensor) -> Tensor:
-        ids = torch.arange(h * w, device=g.device).reshape(h, w)
-        els = group.elements(device=g.device)
-        table = []
-        for e in els:  # |G| <= 8: one index image per element
-            f, k = (int(e[0]), int(e[1])) if mirror else (0, int(e))
-            img = torch.flip(ids, (-1,)) if f else ids
-            table.append(torch.rot90(img, k * quarter, dims=(-2, -1)).reshape(-1))
-        return torch.stack(table)[group.index(g)]
+        if g.device not in cache:
+            ids = torch.arange(h * w, device=g.device).reshape(h, w)
+            table = []
+            for e in group.elements(device=g.device):  # |G| <= 8: one index image per element
+                f, k = (int(e[0]), int(e[1])) if mirror else (0, int(e))
+                img = torch.flip(ids, (-1,)) if f else ids
+                table.append(torch.rot90(img, k * quarter, dims=(-2, -1)).reshape(-1))
+            cache[g.device] = torch.stack(table)
+        return cache[g.device][group.index(g)]
 
     return _from_permutation(group, h * w, f"grid{h}x{w}", perm)
