@@ -76,7 +76,7 @@ class FourierProjector(Projector):
         if not grid or min(grid) < 1:
             raise ValueError(f"grid must be a non-empty tuple of positive sizes, got {grid}")
         if int(in_channels) < 1 or int(out_channels) < 1:
-            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
+            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
         if method not in ("reindex", "fft"):
             raise ValueError(f"method must be 'reindex' or 'fft', got {method!r}")
         nd = len(grid)
@@ -87,6 +87,8 @@ class FourierProjector(Projector):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.P = math.prod(grid)
         P, ci, co = self.P, self.in_channels, self.out_channels
+        if len(self.shape) not in (1, 2):
+            raise ValueError(f"shape must be (out, in) or (out,) for a bias, got {tuple(self.shape)}")
         if len(self.shape) == 2 and tuple(self.shape) != (co * P, ci * P):
             raise ValueError(
                 f"a weight for {co} -> {ci} channels on grid {grid} has shape {(co * P, ci * P)}, got "
@@ -97,8 +99,6 @@ class FourierProjector(Projector):
                 f"a bias for {co} channels on grid {grid} has shape {(co * P,)} and in_channels=1, got "
                 f"shape {tuple(self.shape)} and in_channels={ci}"
             )
-        if len(self.shape) not in (1, 2):
-            raise ValueError(f"shape must be (out, in) for a weight or (out,) for a bias, got {tuple(self.shape)}")
         self.is_bias = len(self.shape) == 1
         #: number of group elements each orbit (circular diagonal) averages over
         self.orbit_size = math.prod(grid[d] for d in self.dims)
@@ -185,7 +185,8 @@ class FourierProjector(Projector):
             >>> G = TorusTranslations((3, 4))
             >>> FourierProjector.from_action(TensorAction((24, 12), [(2 * regular(G), 1), (regular(G), 1)]))
             FourierProjector(shape=(24, 12), dim=24)
-            >>> FourierProjector.from_action(TensorAction((2, 12), [(2 * trivial(G), 1), (regular(G), 1)])) is None
+            >>> invariant = TensorAction((2, 12), [(2 * trivial(G), 1), (regular(G), 1)])
+            >>> FourierProjector.from_action(invariant) is None
             True
         """
         group = action.group
@@ -197,7 +198,7 @@ class FourierProjector(Projector):
         if any(c is None for c in channels):
             return None
         in_channels = channels[1] if len(channels) == 2 else 1
-        return cls(action.shape, group.shape, in_channels=in_channels, out_channels=channels[0], method=method)
+        return cls(action.shape, group.shape, in_channels, out_channels=channels[0], method=method)
 
 
 def _shift_channels(rep: Representation, group: TorusTranslations) -> int | None:
