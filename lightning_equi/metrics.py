@@ -88,7 +88,8 @@ def _equivariance_error_update(
         if nan_strategy == "error":
             raise RuntimeError(
                 f"the equivariance error of {bad} of {errors.numel()} samples is not finite "
-                "(the model output contains NaN or inf); pass nan_strategy='warn' or 'ignore' to skip such samples"
+                "(the model output contains NaN or inf); "
+                "pass nan_strategy='warn' or 'ignore' to skip such samples"
             )
         if nan_strategy == "warn":
             rank_zero_warn(f"skipping {bad} samples whose equivariance error is not finite")
