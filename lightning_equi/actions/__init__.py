@@ -1,0 +1,31 @@
+"""Group elements acting on data, one element per sample: images and masks, point clouds, sets,
+graphs, escnn GeometricTensors, and several entries of a batch at once.
+
+Example:
+    >>> import torch
+    >>> from lightning_equi.actions import ImageAction
+    >>> act = ImageAction("D4")
+    >>> x = torch.rand(2, 3, 8, 8)
+    >>> g = act.group.sample(2, generator=torch.Generator().manual_seed(0))
+    >>> torch.equal(act(act.group.inverse(g), act(g, x)), x)
+    True
+"""
+
+from lightning_equi.actions.base import Action, FiberAction
+from lightning_equi.actions.batch import BatchAction, augment
+from lightning_equi.actions.geometric import GeometricTensorAction
+from lightning_equi.actions.images import ImageAction
+from lightning_equi.actions.points import PointCloudAction
+from lightning_equi.actions.sets import GraphAction, SetAction
+
+__all__ = [
+    "Action",
+    "FiberAction",
+    "ImageAction",
+    "PointCloudAction",
+    "SetAction",
+    "GraphAction",
+    "BatchAction",
+    "augment",
+    "GeometricTensorAction",
+]
