@@ -48,7 +48,9 @@ class BatchAction(Action):
         elif isinstance(actions, (list, tuple)):
             entries = dict(enumerate(actions))
         else:
-            raise TypeError(f"actions must be an Action, a dict or a list of Actions, got {type(actions).__name__}")
+            raise TypeError(
+                f"actions must be an Action, a dict or a list of Actions, got {type(actions).__name__}"
+            )
         for key, act in entries.items():
             if act is not None and not isinstance(act, Action):
                 raise TypeError(f"actions[{key!r}] must be an Action or None, got {type(act).__name__}")
@@ -73,9 +75,13 @@ class BatchAction(Action):
             return batch[key]
         if isinstance(batch, (list, tuple)):
             if not isinstance(key, int) or not -len(batch) <= key < len(batch):
-                raise ValueError(f"the batch has no entry {key!r}; it is a {type(batch).__name__} of {len(batch)}")
+                raise ValueError(
+                    f"the batch has no entry {key!r}; it is a {type(batch).__name__} of {len(batch)}"
+                )
             return batch[key]
-        raise TypeError(f"actions name entries {list(self._entries)}, but the batch is a {type(batch).__name__}")
+        raise TypeError(
+            f"actions name entries {list(self._entries)}, but the batch is a {type(batch).__name__}"
+        )
 
     def batch_size(self, batch: Any) -> int:
         if self._positional and (not isinstance(batch, (list, tuple)) or len(batch) != len(self.actions)):
@@ -150,6 +156,8 @@ def augment(
     act = BatchAction(actions)
     group = get_group(group)
     if group != act.group:
-        raise ValueError(f"group is {group.name}, but the actions act by {act.group.name}: pass group={act.group.name!r}")
+        raise ValueError(
+            f"group is {group.name}, but the actions act by {act.group.name}: pass group={act.group.name!r}"
+        )
     g = act.sample(batch, generator=generator)
     return act.apply(g, batch)

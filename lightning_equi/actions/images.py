@@ -92,7 +92,9 @@ class ImageAction(Action):
                 "can); pass exact=False to resample with interpolation"
             )
         elif not exact and isinstance(group, TorusTranslations):
-            raise ValueError(f"{group.name} translates by whole pixels, which is always exact; pass exact=None")
+            raise ValueError(
+                f"{group.name} translates by whole pixels, which is always exact; pass exact=None"
+            )
         self.exact = bool(exact)
         self.interpolation, self.padding_mode = interpolation, padding_mode
         if fields is not None and getattr(fields, "group", None) != group:
@@ -166,7 +168,9 @@ class ImageAction(Action):
         # out[p] = x[p - t], as a single gather on the flattened grid (torch.roll for every sample)
         group, d = self.group, self.spatial_dims
         pos = group.elements(device=x.device)
-        src = group.index(((pos[None] - g[:, None]) % torch.tensor(group.shape, device=x.device)).reshape(-1, d))
+        src = group.index(
+            ((pos[None] - g[:, None]) % torch.tensor(group.shape, device=x.device)).reshape(-1, d)
+        )
         flat = x.flatten(2)
         src = src.reshape(x.shape[0], 1, -1).expand(flat.shape)
         return torch.gather(flat, 2, src).reshape(x.shape)

@@ -12,7 +12,17 @@ from typing import Any
 from torch import Tensor
 
 from lightning_equi.actions.base import Action, FiberAction
-from lightning_equi.groups import O2, SO2, SO3, CyclicGroup, DihedralGroup, Group, Representation, get_group, standard
+from lightning_equi.groups import (
+    O2,
+    SO2,
+    SO3,
+    CyclicGroup,
+    DihedralGroup,
+    Group,
+    Representation,
+    get_group,
+    standard,
+)
 
 __all__ = ["PointCloudAction"]
 
@@ -45,7 +55,9 @@ class PointCloudAction(Action):
             raise ValueError(f"PointCloudAction acts by SO3, O3, C_N, D_N, SO2 or O2, got {group.name}")
         if features is not None and getattr(features, "group", None) != group:
             other = getattr(getattr(features, "group", None), "name", type(features).__name__)
-            raise ValueError(f"features is a representation of {other}, but the action's group is {group.name}")
+            raise ValueError(
+                f"features is a representation of {other}, but the action's group is {group.name}"
+            )
         self.features = None if features is None else FiberAction(features, "features")
         self.exact = False  # rotated coordinates are rounded to the dtype
 
@@ -55,8 +67,10 @@ class PointCloudAction(Action):
                 raise TypeError("x is a tensor, but features= was given: pass (pos, feats) or {'pos', 'x'}")
             return x, None
         if self.features is None:
-            raise TypeError(f"x must be a (B, N, {self.dim}) tensor of positions (no features= given), "
-                            f"got {type(x).__name__}")
+            raise TypeError(
+                f"x must be a (B, N, {self.dim}) tensor of positions (no features= given), "
+                f"got {type(x).__name__}"
+            )
         if isinstance(x, Mapping):
             if set(x) != set(_KEYS):
                 raise ValueError(f"a point-cloud dict must have exactly the keys {_KEYS}, got {sorted(x)}")

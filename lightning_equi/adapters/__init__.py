@@ -16,4 +16,11 @@ from lightning_equi.adapters.escnn_groups import (
     require_escnn,
 )
 
-__all__ = ["require_escnn", "escnn_group", "escnn_element", "element_from_escnn", "group_from_escnn", "mirror_offset"]
+__all__ = [
+    "require_escnn",
+    "escnn_group",
+    "escnn_element",
+    "element_from_escnn",
+    "group_from_escnn",
+    "mirror_offset",
+]

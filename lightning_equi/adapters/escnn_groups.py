@@ -23,7 +23,14 @@ from torch import Tensor
 
 from lightning_equi.groups import O2, O3, SO2, SO3, CyclicGroup, DihedralGroup, Group, get_group
 
-__all__ = ["require_escnn", "escnn_group", "escnn_element", "element_from_escnn", "group_from_escnn", "mirror_offset"]
+__all__ = [
+    "require_escnn",
+    "escnn_group",
+    "escnn_element",
+    "element_from_escnn",
+    "group_from_escnn",
+    "mirror_offset",
+]
 
 INSTALL_HINT = (
     "escnn is not installed. Install it with `./run setup`, or with "
@@ -218,4 +225,6 @@ def group_from_escnn(obj: Any) -> Group:
         return SO3()
     if isinstance(G, eg.O3):
         return O3()
-    raise ValueError(f"no lightning_equi group matches escnn's {G.name}: C_N, D_N, SO(2), O(2), SO(3), O(3) convert")
+    raise ValueError(
+        f"no lightning_equi group matches escnn's {G.name}: C_N, D_N, SO(2), O(2), SO(3), O(3) convert"
+    )
