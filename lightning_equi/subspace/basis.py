@@ -23,6 +23,7 @@ from torch import Tensor
 
 from lightning_equi.groups import FiniteGroup, Group, Representation
 from lightning_equi.subspace.base import Projector, TensorAction
+from lightning_equi.subspace.orbit import components
 
 __all__ = ["BasisProjector", "BlockType", "equivariant_basis"]
 
@@ -52,6 +53,7 @@ class _Field:
     dim: int
     mats: Tensor | None  # (k, d, d) at the discrete generators
     lie: Tensor  # (l, d, d)
+    perm: Tensor | None  # (k, d) gather indices at the generators, for permutation fields of finite groups
 
     @property
     def key(self) -> tuple:
@@ -75,7 +77,21 @@ def _field(rep: Representation, gens: Tensor | None) -> _Field:
             "pass lie_algebra= to Representation so that E can be computed"
         )
     mats = None if gens is None else rep(gens).double().cpu()
-    return _Field(rep.name, rep.dim, mats, lie)
+    perm = (
+        rep.permutation(gens).cpu()
+        if rep.is_permutation and rep.group.is_finite and gens is not None
+        else None
+    )
+    return _Field(rep.name, rep.dim, mats, lie, perm)
+
+
+def _check_size(names: list[str], size: int, n_constraints: int) -> None:
+    if n_constraints * size * size > MAX_CONSTRAINT_ENTRIES:
+        raise ValueError(
+            f"the block {' x '.join(names)} has {size} entries: its dense constraint "
+            f"({n_constraints} x {size} x {size}) exceeds {MAX_CONSTRAINT_ENTRIES} entries. Split the "
+            "representation into smaller fields (direct_sum) or use a structured projector"
+        )
 
 
 def _kron(mats: list[Tensor]) -> Tensor:
@@ -109,18 +125,34 @@ def _basis(fields: list[_Field]) -> Tensor:
     """The cached solve: keyed by the fields' constraint matrices, so identical blocks (and identical
     layers) are solved once."""
     key = tuple(f.key for f in fields)
-    if key in _BASES:
-        return _BASES[key]
+    if key not in _BASES:
+        if all(f.perm is not None for f in fields):
+            basis = _orbit_basis(fields)
+        else:
+            basis = _null_space_basis(fields)
+        if len(_BASES) >= _CACHE_SIZE:
+            _BASES.pop(next(iter(_BASES)))
+        _BASES[key] = basis
+    return _BASES[key]
+
+
+def _orbit_basis(fields: list[_Field]) -> Tensor:
+    """Permutation fields of a finite group: the normalised indicators of the orbits (O(D), no solve)."""
+    src = torch.zeros(fields[0].perm.shape[0], 1, dtype=torch.long)
+    for f in fields:
+        src = (src[:, :, None] * f.dim + f.perm[:, None, :]).reshape(src.shape[0], -1)
+    ids = components(src)
+    onehot = torch.nn.functional.one_hot(ids).double()
+    return onehot / onehot.sum(0).sqrt()
+
+
+def _null_space_basis(fields: list[_Field]) -> Tensor:
+    """The null space of the constraints at the generators, from the eigenvectors of their Gram matrix."""
     dims = [f.dim for f in fields]
     size = math.prod(dims)
     n_lie = max(f.lie.shape[0] for f in fields)
     n_gen = 0 if fields[0].mats is None else fields[0].mats.shape[0]
-    if (n_gen + n_lie) * size * size > MAX_CONSTRAINT_ENTRIES:
-        raise ValueError(
-            f"the block {' x '.join(f.name for f in fields)} has {size} entries: its dense constraint "
-            f"({n_gen + n_lie} x {size} x {size}) exceeds {MAX_CONSTRAINT_ENTRIES} entries. Split the "
-            "representation into smaller fields (direct_sum) or use a structured projector"
-        )
+    _check_size([f.name for f in fields], size, n_gen + n_lie)
     gram = torch.zeros(size, size, dtype=torch.float64)
     eye = torch.eye(size, dtype=torch.float64)
     if n_gen:
@@ -137,11 +169,7 @@ def _basis(fields: list[_Field]) -> Tensor:
         gram += lie.T @ lie
     evals, evecs = torch.linalg.eigh(gram)
     # eigenvalues of E are zero up to rounding; the others are at least ~(2 sin(pi / N))^2
-    basis = evecs[:, evals <= 1e-9 * max(1.0, float(evals[-1]))].contiguous()
-    if len(_BASES) >= _CACHE_SIZE:
-        _BASES.pop(next(iter(_BASES)))
-    _BASES[key] = basis
-    return basis
+    return evecs[:, evals <= 1e-9 * max(1.0, float(evals[-1]))].contiguous()
 
 
 class BasisProjector(Projector):
@@ -172,6 +200,8 @@ class BasisProjector(Projector):
     def __init__(self, action: TensorAction) -> None:
         super().__init__(action.shape)
         self.action = action
+        largest = math.prod(max(s.dim for s in rep.summands) for rep, _ in action.factors)
+        _check_size([rep.name for rep, _ in action.factors], largest, 1)  # before any matrix is built
         gens = _discrete_generators(action.group)
         dims = action.factor_dims
         strides = [math.prod(dims[i + 1 :]) for i in range(len(dims))]
