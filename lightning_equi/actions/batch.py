@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from lightning_equi.groups import Group, get_group
 
 __all__ = ["BatchAction", "augment"]
 
-ActionSpec = Union[Action, Mapping[Any, Union[Action, None]], Sequence[Union[Action, None]]]
+ActionSpec = Action | Mapping[Any, Action | None] | Sequence[Action | None]
 
 
 class BatchAction(Action):
@@ -32,7 +32,8 @@ class BatchAction(Action):
     Example:
         >>> from lightning_equi.actions import ImageAction
         >>> act = BatchAction({"image": ImageAction("C4"), "mask": ImageAction("C4"), "label": None})
-        >>> batch = {"image": torch.rand(2, 3, 8, 8), "mask": torch.randint(3, (2, 8, 8)), "label": torch.ones(2)}
+        >>> image, mask = torch.rand(2, 3, 8, 8), torch.randint(3, (2, 8, 8))
+        >>> batch = {"image": image, "mask": mask, "label": torch.ones(2)}
         >>> out = act(torch.tensor([1, 3]), batch)
         >>> torch.equal(out["mask"][0], torch.rot90(batch["mask"][0], 1, dims=(-2, -1)))
         True
@@ -149,7 +150,8 @@ def augment(
     Example:
         >>> from lightning_equi.actions import ImageAction
         >>> x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
-        >>> gx, gy = augment((x, y), "C4", [ImageAction("C4"), None], generator=torch.Generator().manual_seed(0))
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> gx, gy = augment((x, y), "C4", [ImageAction("C4"), None], generator=gen)
         >>> gy is y, gx.shape
         (True, torch.Size([4, 1, 8, 8]))
     """

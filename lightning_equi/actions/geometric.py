@@ -51,8 +51,8 @@ class GeometricTensorAction(Action):
     ) -> None:
         from lightning_equi.adapters.escnn_groups import group_from_escnn, require_escnn
 
-        escnn = require_escnn()
-        import escnn.nn  # noqa: F401  (FieldType lives there)
+        require_escnn()
+        import escnn.nn
 
         if not isinstance(field_type, escnn.nn.FieldType):
             raise TypeError(f"field_type must be an escnn.nn.FieldType, got {type(field_type).__name__}")

@@ -81,7 +81,8 @@ def _single(group: Group, g: Tensor) -> Tensor:
         g = g[0]
     if tuple(g.shape) != group.element_shape:
         raise ValueError(
-            f"g must be one {group.name} element of shape {group.element_shape} (or a batch of 1), got {tuple(g.shape)}"
+            f"g must be one {group.name} element of shape {group.element_shape} (or a batch of 1), "
+            f"got {tuple(g.shape)}"
         )
     return g.detach().cpu()
 
@@ -91,7 +92,7 @@ def _is_cyclic(G: Any) -> bool:
 
 
 def mirror_offset(gspace: Any, group: Group) -> float:
-    """Angle ``phi`` with ``escnn mirror = R(phi) x (our mirror x -> -x)`` on the plane (0 for the default axis).
+    """Angle ``phi`` with escnn's mirror ``= R(phi) @ diag(-1, 1)`` on the plane (0 for the default axis).
 
     Example:
         >>> from escnn import gspaces

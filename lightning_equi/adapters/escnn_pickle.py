@@ -64,7 +64,9 @@ def _rebuild_representation(
     if existing is None and name == "regular" and not group.continuous:
         existing = group.regular_representation
     if existing is not None:
-        if list(existing.irreps) != list(irreps) or not np.allclose(existing.change_of_basis, change_of_basis):
+        if list(existing.irreps) != list(irreps) or not np.allclose(
+            existing.change_of_basis, change_of_basis
+        ):
             raise ValueError(
                 f"escnn_pickle: {group.name} already has a different representation named {name!r}; "
                 "rename one of them before pickling"
@@ -100,7 +102,13 @@ def _reduce_irrep(rep: Any) -> tuple:
 
 
 def _reduce_representation(rep: Any) -> tuple:
-    args = (rep.group, rep.name, list(rep.irreps), np.asarray(rep.change_of_basis), sorted(rep.supported_nonlinearities))
+    args = (
+        rep.group,
+        rep.name,
+        list(rep.irreps),
+        np.asarray(rep.change_of_basis),
+        sorted(rep.supported_nonlinearities),
+    )
     return _rebuild_representation, args
 
 
