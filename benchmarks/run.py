@@ -1,0 +1,214 @@
+"""The benchmark suite: what each piece of lightning_equi costs, as ratios against its floor.
+
+Run with ``./run bench`` (all sections, a few minutes on 2 CPU cores) or
+``./run bench --sections projection augmentation``. Writes ``benchmarks/results/report.md`` and
+``report.json`` (machine, versions, medians of repeated runs).
+
+Sections:
+  step          a training step of a ~1M-parameter C4 CNN in plain Lightning vs. with each callback
+  projection    projecting all parameters vs. one elementwise pass over them, per projector type
+  augmentation  per-sample exact C4 and interpolated SO(2) augmentation vs. their floors and kornia
+  escnn         dense weights + projection vs. escnn's own basis expansion at every step
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Table, machine, median_time  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---- the reference model ---------------------------------------------------------------------------
+
+
+def reference_cnn(width: int = 128) -> nn.Sequential:
+    """A C4 CNN of about 1M parameters for 1x28x28 inputs: conv k5 1->32->64->128->128->width."""
+    chans = [1, 32, 64, 128, 128, width]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
+        layers += [nn.Conv2d(a, b, 5, padding=2), nn.BatchNorm2d(b), nn.ReLU()]
+        if i in (1, 3):
+            layers.append(nn.MaxPool2d(2))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)]
+    return nn.Sequential(*layers)
+
+
+def reference_spec(model: nn.Sequential):
+    from lightning_equi.subspace import SymmetrySpec
+
+    first = next(i for i, m in enumerate(model) if isinstance(m, nn.Conv2d))
+    head = len(model) - 1
+    return (
+        SymmetrySpec("C4")
+        .layers(nn.Conv2d, fields="regular")
+        .layer(str(first), in_fields="trivial", out_fields="regular")
+        .layer(str(head), in_fields="regular", out_fields="trivial")
+    )
+
+
+# ---- section: projection cost vs. its floor ----------------------------------------------------------
+
+
+def _floor(params: list[torch.Tensor]) -> float:
+    @torch.no_grad()
+    def one_pass() -> None:
+        for p in params:
+            p.mul_(1)
+
+    return median_time(one_pass, repeats=15)
+
+
+def bench_projection() -> Table:
+    from lightning_equi.groups import (
+        CyclicGroup,
+        SymmetricGroup,
+        TorusTranslations,
+        grid_representation,
+        pair_representation,
+        regular,
+        standard,
+    )
+    from lightning_equi.subspace import BasisProjector, OrbitMeanProjector, TensorAction
+    from lightning_equi.subspace.fourier import FourierProjector
+    from lightning_equi.subspace.permutation import SymmetricProjector
+
+    table = Table(
+        "Projection cost against one elementwise pass (`p.mul_(1)`)",
+        ["projector", "layer", "parameters", "project (ms)", "floor (ms)", "ratio"],
+        notes=["ratio = time of `project_` over all parameters / time of `p.mul_(1)` over them; goal < 5, "
+               "growing linearly with the parameter count"],
+    )
+    G = CyclicGroup(4)
+    for c in (16, 64, 256, 512):  # C4 regular -> regular conv k5: 25 c^2 parameters
+        act = TensorAction((c, c, 5, 5), [(regular(G) * (c // 4), 1), (regular(G) * (c // 4), 1),
+                                          (grid_representation(G, (5, 5)), 2)])
+        _row(table, OrbitMeanProjector(act), f"C4 conv {c}->{c} k5")
+    for c in (8, 32):  # torus dense layer on 14x14 with c channels
+        T = TorusTranslations((14, 14))
+        act = TensorAction((c * 196, c * 196), [(standard(T) * c, 1), (standard(T) * c, 1)])
+        proj = FourierProjector.from_action(act)
+        _row(table, proj, f"T14x14 dense {c}->{c} ch")
+    for c in (4, 16):  # S_10 edge -> edge layer
+        S = SymmetricGroup(10)
+        act = TensorAction((c * 100, c * 100), [(pair_representation(S) * c, 1), (pair_representation(S) * c, 1)])
+        proj = SymmetricProjector.from_action(act)
+        _row(table, proj, f"S10 pairs {c}->{c} ch")
+    from lightning_equi.groups import SO2, irrep, trivial
+
+    S2 = SO2()
+    fields = trivial(S2) + irrep(S2, 1) + irrep(S2, 2) + irrep(S2, 3)
+    for m in (8, 32, 128):
+        act = TensorAction((7 * m, 7 * m), [(fields * m, 1), (fields * m, 1)])
+        _row(table, BasisProjector(act), f"SO2 irreps0-3 linear {7 * m}->{7 * m}")
+    model = reference_cnn()
+    projection = reference_spec(model).bind(model)
+    params = [e.tensor for e in projection.entries]
+    n = sum(p.numel() for p in params)
+    t = median_time(lambda: projection.project_parameters_(), repeats=15)
+    f = _floor(params)
+    table.add("spec (mixed)", "reference C4 CNN, all params + BN stats", n, 1e3 * t, 1e3 * f, t / f)
+    return table
+
+
+def _row(table: Table, proj, label: str) -> None:
+    w = torch.randn(proj.shape)
+    t = median_time(lambda: proj.project_(w), repeats=15)
+    f = _floor([w])
+    table.add(type(proj).__name__, label, w.numel(), 1e3 * t, 1e3 * f, t / f)
+
+
+# ---- section: augmentation throughput ------------------------------------------------------------
+
+
+def bench_augmentation(batch: int = 64) -> Table:
+    import torch.nn.functional as F
+
+    from lightning_equi.actions import ImageAction
+    from lightning_equi.groups import SO2, CyclicGroup, make_generator
+
+    table = Table(
+        f"Augmentation of a {batch}x1x28x28 batch, one element per sample",
+        ["what", "time (ms)", "floor", "ratio to floor"],
+        notes=["floor for exact C4: `torch.rot90` of the samples with each rotation count (masked); "
+               "floor for interpolated rotation: one `affine_grid` + `grid_sample` call; goal: ratio <= 1.2"],
+    )
+    x = torch.randn(batch, 1, 28, 28)
+    gen = make_generator(0)
+    C4, S = CyclicGroup(4), SO2()
+
+    def floor_c4() -> torch.Tensor:
+        k = torch.randint(4, (batch,), generator=gen)
+        out = torch.empty_like(x)
+        for r in range(4):
+            m = k == r
+            out[m] = torch.rot90(x[m], r, dims=(-2, -1))
+        return out
+
+    def floor_rot() -> torch.Tensor:
+        theta = torch.rand(batch, generator=gen) * 2 * torch.pi
+        c, s = torch.cos(theta), torch.sin(theta)
+        mat = torch.stack([torch.stack([c, -s, torch.zeros_like(c)], 1),
+                           torch.stack([s, c, torch.zeros_like(c)], 1)], 1)
+        grid = F.affine_grid(mat, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, align_corners=False)
+
+    act_c4, act_so2 = ImageAction(C4), ImageAction(S)
+    t_fc4 = median_time(floor_c4, repeats=50)
+    t_frot = median_time(floor_rot, repeats=50)
+    t_c4 = median_time(lambda: act_c4(C4.sample(batch, generator=gen), x), repeats=50)
+    t_so2 = median_time(lambda: act_so2(S.sample(batch, generator=gen), x), repeats=50)
+    table.add("floor: masked rot90 (exact C4)", 1e3 * t_fc4, "-", 1.0)
+    table.add("lightning_equi ImageAction C4 (sample + act)", 1e3 * t_c4, "masked rot90", t_c4 / t_fc4)
+    table.add("floor: affine_grid + grid_sample", 1e3 * t_frot, "-", 1.0)
+    table.add("lightning_equi ImageAction SO2 (sample + act)", 1e3 * t_so2, "grid_sample", t_so2 / t_frot)
+    try:
+        import kornia.augmentation as K
+
+        rot = K.RandomRotation(degrees=180.0, p=1.0)
+        t_k = median_time(lambda: rot(x), repeats=50)
+        table.add("kornia RandomRotation(180)", 1e3 * t_k, "grid_sample", t_k / t_frot)
+    except ImportError:
+        table.notes.append("kornia is not installed: `pip install kornia` to compare")
+    return table
+
+
+SECTIONS = {
+    "projection": bench_projection,
+    "augmentation": bench_augmentation,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    info = machine()
+    print(" ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    tables = []
+    for name in args.sections:
+        print(f"\n== {name} ==", flush=True)
+        table = SECTIONS[name]()
+        print(table.markdown(), flush=True)
+        tables.append(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = "## Benchmarks\n\n" + ", ".join(f"{k}: {v}" for k, v in info.items()) + "\n\n"
+    (args.out / "report.md").write_text(header + "\n".join(t.markdown() for t in tables))
+    (args.out / "report.json").write_text(json.dumps({"machine": info, "sections": [t.as_dict() for t in tables]},
+                                                     indent=2, default=str))
+    print(f"report written to {args.out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
