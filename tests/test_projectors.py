@@ -26,7 +26,7 @@ from lightning_equi.groups import (
 )
 from lightning_equi.subspace.base import TensorAction, group_average
 from lightning_equi.subspace.basis import BasisProjector, equivariant_basis
-from lightning_equi.subspace.orbit import OrbitMeanProjector, orbit_ids
+from lightning_equi.subspace.orbit import OrbitMeanProjector, components, orbit_ids
 
 F64 = dict(dtype=torch.float64)
 
@@ -365,3 +365,27 @@ def test_null_space_solve_agrees_with_orbit_indicators(reps):
     by_orbits, by_solve = _orbit_basis(fields), _null_space_basis(fields)
     assert by_orbits.shape == by_solve.shape
     torch.testing.assert_close(by_orbits @ by_orbits.T, by_solve @ by_solve.T, rtol=0, atol=1e-12)
+
+
+def test_components_match_a_plain_union_find():
+    gen = torch.Generator().manual_seed(11)
+    n, gens = 400, []
+    for length in (60, 45, 30, 2):  # long cycles need many rounds of label propagation
+        cycle = torch.randperm(n, generator=gen)[:length]
+        src = torch.arange(n)
+        src[cycle] = cycle.roll(1)
+        gens.append(src)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for src in gens:
+        for i, j in enumerate(src.tolist()):
+            a, b = find(i), find(j)
+            parent[max(a, b)] = min(a, b)
+    roots = [find(i) for i in range(n)]
+    order = {r: k for k, r in enumerate(dict.fromkeys(roots))}  # numbered by smallest member
+    assert torch.equal(components(torch.stack(gens)), torch.tensor([order[r] for r in roots]))

@@ -85,7 +85,9 @@ def components(src: Tensor) -> Tensor:
             if torch.equal(grand, parent):
                 break
             parent = grand
-    return torch.unique(parent, return_inverse=True)[1]
+    # each root is the smallest index of its orbit (labels only decrease): number roots in order, no sort
+    is_root = parent == torch.arange(n, device=src.device)
+    return (torch.cumsum(is_root, 0) - 1)[parent]
 
 
 class OrbitMeanProjector(Projector):
@@ -140,7 +142,7 @@ class OrbitMeanProjector(Projector):
         self.check_shape(w)
         ids, inv, acc = self._buffers(w)
         sums = torch.zeros(self._dim, dtype=acc, device=w.device)
-        sums.index_add_(0, ids, w.reshape(-1).to(acc))
+        sums.scatter_add_(0, ids, w.reshape(-1).to(acc))  # faster than index_add_ on CPU
         return sums.mul_(inv).to(w.dtype), ids
 
     def project(self, w: Tensor) -> Tensor:
