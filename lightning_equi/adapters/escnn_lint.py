@@ -1,0 +1,193 @@
+"""Grid lint: find the layers that are only approximately equivariant at a given input size.
+
+A convolution or pooling layer commutes with the quarter turns and mirrors of the *whole* image only
+when the grid of its output samples is symmetric about the image centre: the first and last window
+centres ``c0 = d (k - 1) / 2 - p`` and ``c0 + (n_out - 1) s`` must add up to ``n - 1``. With stride 1
+that always holds; with stride 2 it depends on the width (a 3x3, padding-1, stride-2 conv is exact on
+29 pixels and off by one pixel on 28). A rotation also needs a square input. :func:`grid_lint` runs
+one forward pass with hooks, checks each layer at the size it actually sees, and names the nearest
+model input sizes for which every layer is exact.
+
+Example:
+    >>> import torch
+    >>> from escnn import gspaces, nn as enn
+    >>> gs = gspaces.rot2dOnR2(4)
+    >>> it, ot = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, [gs.regular_repr])
+    >>> net = enn.SequentialModule(enn.R2Conv(it, ot, 3, padding=1, stride=2))
+    >>> msgs = grid_lint(net, (28, 28))
+    >>> "exact input sizes: 27, 29" in msgs[0]
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["GridLintWarning", "grid_lint", "window_is_symmetric"]
+
+
+class GridLintWarning(UserWarning):
+    """A layer is only approximately equivariant on the pixel grid at the given input size."""
+
+
+def _pair(v: Any, n: int) -> tuple[int, ...]:
+    return tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+
+def window_is_symmetric(n: int, k: int, s: int, p: int, d: int = 1, ceil_mode: bool = False) -> bool:
+    """Whether the output sample grid of a ``k``-window, stride ``s``, padding ``p``, dilation ``d``
+    layer on ``n`` pixels is symmetric about the input's centre (so flips and quarter turns commute)."""
+    span = n + 2 * p - d * (k - 1) - 1
+    if span < 0:
+        return False
+    n_out = (-(-span // s) if ceil_mode else span // s) + 1
+    first = d * (k - 1) / 2 - p
+    return math.isclose(2 * first + (n_out - 1) * s, n - 1)
+
+
+def _geometry(module: nn.Module) -> tuple[tuple[int, ...], ...] | None:
+    """``(kernel, stride, padding, dilation)`` per axis of a spatial layer, or ``None``."""
+    if not all(hasattr(module, a) for a in ("kernel_size", "stride", "padding")):
+        return None
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return None
+    n = 2
+    k = _pair(module.kernel_size, n)
+    s = _pair(module.stride if module.stride is not None else module.kernel_size, n)
+    pad = module.padding
+    if isinstance(pad, str):
+        return None  # 'same'/'valid' conv padding: torch decides; skip
+    p = _pair(pad, n)
+    d = _pair(getattr(module, "dilation", 1), n)
+    return k, s, p, d
+
+
+def _input_type(model: nn.Module) -> Any:
+    in_type = getattr(model, "in_type", None)
+    if in_type is not None:
+        return in_type
+    for m in model.modules():
+        if m is not model and getattr(m, "in_type", None) is not None:
+            return m.in_type
+    raise ValueError(f"grid_lint: {type(model).__name__} has no in_type; pass in_type=<the input FieldType>")
+
+
+def _trace(
+    model: nn.Module, in_type: Any, size: tuple[int, int]
+) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    from escnn import nn as enn
+
+    seen: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    hooks = []
+    for name, m in model.named_modules():
+        if _geometry(m) is not None:
+
+            def hook(mod, args, name=name):
+                x = args[0]
+                t = x.tensor if isinstance(x, enn.GeometricTensor) else x
+                seen.append((name, mod, tuple(t.shape[-2:])))
+
+            hooks.append(m.register_forward_pre_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        p = next(model.parameters(), None)
+        x = torch.zeros(1, in_type.size, *size, dtype=p.dtype if p is not None else torch.float32)
+        with torch.no_grad():
+            model(in_type(x))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return seen
+
+
+def _problems(seen: list[tuple[str, nn.Module, tuple[int, ...]]], rotations: bool) -> list[tuple[str, str]]:
+    out = []
+    for name, mod, shape in seen:
+        k, s, p, d = _geometry(mod)
+        ceil = bool(getattr(mod, "ceil_mode", False))
+        if rotations and shape[0] != shape[1]:
+            out.append((name, f"sees a {shape[0]}x{shape[1]} input; quarter turns need a square one"))
+            continue
+        for axis in range(2):
+            n = shape[axis]
+            if not window_is_symmetric(n, k[axis], s[axis], p[axis], d[axis], ceil):
+                exact = [
+                    m
+                    for m in range(max(1, n - 2 * s[axis]), n + 2 * s[axis] + 1)
+                    if window_is_symmetric(m, k[axis], s[axis], p[axis], d[axis], ceil)
+                ]
+                near = sorted(exact, key=lambda m: (abs(m - n), m))[:2]
+                out.append(
+                    (
+                        name,
+                        f"({type(mod).__name__}, kernel {k[axis]}, stride {s[axis]}, padding {p[axis]}) "
+                        f"sees width {n} on axis {axis - 2}: its output grid is not centred, so it is only "
+                        f"approximately equivariant; exact widths for this layer: "
+                        f"{', '.join(map(str, sorted(near)))}",
+                    )
+                )
+                break
+    return out
+
+
+def grid_lint(
+    model: nn.Module, input_size: Sequence[int], in_type: Any = None, warn: bool = True
+) -> list[str]:
+    """Check every convolution and pooling layer of an escnn (or dense-escnn) model at ``input_size``.
+
+    Args:
+        model: the model; it is run once on zeros (eval mode, restored afterwards).
+        input_size: ``(H, W)`` of the model's input.
+        in_type: the input ``FieldType`` (default: ``model.in_type`` or the first layer's).
+        warn: also emit each message as a :class:`GridLintWarning`.
+
+    Returns:
+        One message per approximately equivariant layer, naming it, the size it sees, the widths
+        that would be exact for it, and the nearest model input sizes for which all layers are exact.
+    """
+    in_type = in_type if in_type is not None else _input_type(model)
+    size = (int(input_size[0]), int(input_size[1]))
+    rotations = not _mirrors_only(in_type)
+    problems = _problems(_trace(model, in_type, size), rotations)
+    if not problems:
+        return []
+    hint = _exact_sizes(model, in_type, size, rotations)
+    messages = [f"layer {name!r} {what}; {hint}" for name, what in problems]
+    if warn:
+        for msg in messages:
+            warnings.warn(msg, GridLintWarning, stacklevel=2)
+    return messages
+
+
+def _mirrors_only(in_type: Any) -> bool:
+    G = in_type.gspace.fibergroup
+    return not G.continuous and G.order() <= 2 and getattr(in_type.gspace, "_sg_id", (None,))[0] is not None
+
+
+def _exact_sizes(model: nn.Module, in_type: Any, size: tuple[int, int], rotations: bool) -> str:
+    """The nearest square input sizes (at most 64 away) for which every layer is exact."""
+    n = size[1]
+    found = []
+    for delta in range(1, 65):
+        for m in (n - delta, n + delta):
+            if m < 1:
+                continue
+            try:
+                ok = not _problems(_trace(model, in_type, (m, m)), rotations)
+            except (RuntimeError, ValueError):  # too small for the network
+                ok = False
+            if ok:
+                found.append(m)
+        if len(found) >= 2 or (found and delta > 8):
+            break
+    if not found:
+        return "no square input size within 64 pixels makes every layer exact"
+    return f"exact input sizes: {', '.join(map(str, sorted(found)))}"
