@@ -97,10 +97,11 @@ class ImageAction(Action):
             )
         self.exact = bool(exact)
         self.interpolation, self.padding_mode = interpolation, padding_mode
-        if fields is not None and getattr(fields, "group", None) != group:
-            other = getattr(getattr(fields, "group", None), "name", type(fields).__name__)
-            raise ValueError(f"fields is a representation of {other}, but the action's group is {group.name}")
         self.fields = None if fields is None else FiberAction(fields, "fields")
+        if self.fields is not None and self.fields.group != group:
+            raise ValueError(
+                f"fields is a representation of {self.fields.group.name}, but the action's group is {group.name}"
+            )
 
     @property
     def spatial_dims(self) -> int:
