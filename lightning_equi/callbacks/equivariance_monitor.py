@@ -1,0 +1,399 @@
+"""Equivariance Monitor
+===================
+
+Log how far a model is from the equivariant subspace E while it trains, per layer and in total, how
+far it moved from its start (along E and across it), and its functional equivariance error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lightning_equi.actions import Action, ImageAction
+from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
+from lightning_equi.callbacks.haar_augmentation import make_action
+from lightning_equi.groups import O2, SO2, FiniteGroup, Group
+from lightning_equi.metrics import EquivarianceError
+from lightning_equi.subspace.distance import layer_distances, total_distance
+from lightning_equi.subspace.spec import ModelProjection, SymmetrySpec, resolve_spec
+
+__all__ = ["EquivarianceMonitor", "TAGS"]
+
+#: the tag prefixes this callback logs; ``<layer>`` is a module name of the model, or ``total``
+TAGS = {
+    "equi/dist_to_E/<layer>": "||A - Pi_E A||, Frobenius",
+    "equi/rel_dist_to_E/<layer>": "||A - Pi_E A|| / ||A||",
+    "equi/dist_from_start/<layer>": "||A - A0||",
+    "equi/dist_from_start_in_E/<layer>": "||Pi_E (A - A0)||: the move along E",
+    "equi/dist_from_start_perp/<layer>": "||(I - Pi_E)(A - A0)||: the move away from E",
+    "equi/grad_perp_share": "||(I - Pi_E) grad|| / ||grad||, before any gradient projection",
+    "equi/functional_error": "E_g ||f(g x) - g f(x)|| / ||f(x)|| on the probe batch",
+    "equi/functional_error_exact": "the same, over elements acting exactly on the data grid",
+    "equi/functional_error_inexact": "the same, over elements acting by interpolation",
+}
+_FULL_ORBIT = 16  # finite groups up to this order are probed with every element
+
+
+class EquivarianceMonitor(Callback):
+    r"""Log distances to the equivariant subspace E and the functional equivariance error.
+
+    Every ``every_n_steps`` optimizer steps, at the end of every training epoch and once at the
+    start, the callback measures the model with its symmetry spec (the one of an
+    :class:`EquivariantProjection` in the same Trainer, else ``spec``, else the model's
+    ``symmetry_spec()``) and logs the values below. They go to every logger directly, at step
+    ``trainer.global_step`` (independent of ``Trainer(log_every_n_steps)``), and into
+    ``trainer.callback_metrics`` (so ``EarlyStopping``/``ModelCheckpoint`` can monitor them). With a
+    TensorBoard logger it also writes a custom-scalars layout (one chart per quantity comparing all
+    layers) and, at fit end, a figure of the distance to E against the distance from the start.
+
+    The functional error is measured on a fixed probe: the first ``probe_size`` inputs of the first
+    training batch (or ``probe_batch``), each transformed by every element of a finite group of order
+    at most 16, else by ``probe_elements`` Haar draws (plus the quarter turns and mirrors, which act
+    exactly on a pixel grid, when an SO2/O2 image action interpolates: then the error is also split
+    into its exact and interpolated parts). The model is evaluated in eval mode, without gradients.
+    The probe, its elements, the start ``A0`` and the history are saved in the checkpoint, so a resumed
+    run logs what an uninterrupted one would.
+
+    Args:
+        every_n_steps: log every this many optimizer steps.
+        probe_batch: the probe inputs (a tensor), a function ``(trainer, pl_module) -> Tensor`` called at
+            train start, or ``None`` for the first training batch.
+        log_functional_error: measure the functional equivariance error.
+        inputs: the action on the model's inputs (an action name such as ``"image"``, or an Action); a
+            single action reads entry 0 of a tuple/list batch, or the batch itself.
+        outputs: the action on the model's outputs; ``None`` for invariant outputs.
+        spec: the model's :class:`~lightning_equi.subspace.spec.SymmetrySpec` (see above).
+        probe_size: the number of probe samples.
+        probe_elements: Haar draws per probe sample for infinite or large groups.
+        log_layers: log per-layer values (else only totals).
+        seed: seed of the probe elements (rank ``r`` uses ``seed + r``).
+
+    Raises:
+        MisconfigurationException: if an argument is out of range, or at fit start, if the model has
+            no symmetry spec.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning_equi.callbacks import EquivarianceMonitor
+        >>> trainer = Trainer(callbacks=[EquivarianceMonitor(every_n_steps=10)], logger=False)
+
+    Logged metrics:
+        ``<layer>`` is a module name of the model (``"conv1"``, ``"net.0"``) or ``total``.
+
+        ==========================================  ==================================================
+        ``equi/dist_to_E/<layer>``                  ``||A - Pi_E A||`` (Frobenius)
+        ``equi/rel_dist_to_E/<layer>``              ``||A - Pi_E A|| / ||A||``
+        ``equi/dist_from_start/<layer>``            ``||A - A0||``
+        ``equi/dist_from_start_in_E/<layer>``       ``||Pi_E (A - A0)||``
+        ``equi/dist_from_start_perp/<layer>``       ``||(I - Pi_E)(A - A0)||``
+        ``equi/grad_perp_share``                    share of the gradient outside E (before projection)
+        ``equi/functional_error``                   mean ``||f(g x) - g f(x)|| / ||f(x)||``
+        ``equi/functional_error_exact``             over elements acting exactly (when both kinds)
+        ``equi/functional_error_inexact``           over interpolating elements (when both kinds)
+        ``equi/trajectory`` (TensorBoard image)     distance to E against distance from start
+        ==========================================  ==================================================
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        probe_batch: Tensor | Callable[[Trainer, LightningModule], Tensor] | None = None,
+        log_functional_error: bool = True,
+        inputs: str | Action = "image",
+        outputs: str | Action | None = None,
+        spec: SymmetrySpec | None = None,
+        probe_size: int = 8,
+        probe_elements: int = 4,
+        log_layers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (("every_n_steps", every_n_steps), ("probe_size", probe_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise MisconfigurationException(f"`{name}` must be an int >= 1, got {value!r}")
+        if not isinstance(probe_elements, int) or isinstance(probe_elements, bool) or probe_elements < 1:
+            raise MisconfigurationException(f"`probe_elements` must be an int >= 1, got {probe_elements!r}")
+        if probe_batch is not None and not (isinstance(probe_batch, Tensor) or callable(probe_batch)):
+            raise MisconfigurationException(
+                f"`probe_batch` must be None, a tensor or a function (trainer, pl_module) -> Tensor, "
+                f"got {type(probe_batch).__name__}"
+            )
+        if spec is not None and not isinstance(spec, SymmetrySpec):
+            raise MisconfigurationException(
+                f"`spec` must be a SymmetrySpec or None, got {type(spec).__name__}"
+            )
+        if log_functional_error and inputs is None:
+            raise MisconfigurationException(
+                "log_functional_error=True needs `inputs`, the action on the model's inputs (e.g. 'image')"
+            )
+        self.every_n_steps, self.probe_batch = every_n_steps, probe_batch
+        self.log_functional_error, self.inputs, self.outputs, self.spec = (
+            log_functional_error,
+            inputs,
+            outputs,
+            spec,
+        )
+        self.probe_size, self.probe_elements, self.log_layers, self.seed = (
+            probe_size,
+            probe_elements,
+            log_layers,
+            seed,
+        )
+        self.history: list[dict[str, float]] = []
+        self.metric = EquivarianceError(nan_strategy="warn")
+        self._projection: ModelProjection | None = None
+        self._w0: dict[str, Tensor] | None = None
+        self._probe: dict[str, Tensor] | None = None
+        self._grad_share: Tensor | None = None
+        self._last_step = -1
+        self._act_in: Action | None = None
+        self._act_out: Action | None = None
+
+    @property
+    def projection(self) -> ModelProjection | None:
+        return self._projection
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        owner = next((cb for cb in trainer.callbacks if isinstance(cb, EquivariantProjection)), None)
+        if owner is not None:
+            self._projection = owner.resolve(pl_module)
+            if trainer.callbacks.index(owner) < trainer.callbacks.index(self):
+                rank_zero_warn(
+                    "EquivarianceMonitor comes after EquivariantProjection in the callbacks, so it measures "
+                    "the gradient after projection (equi/grad_perp_share ~ 0); put the monitor first"
+                )
+        else:
+            try:
+                self._projection = resolve_spec(pl_module, self.spec)
+            except ValueError as err:
+                raise MisconfigurationException(f"EquivarianceMonitor: {err}") from err
+        group = self._projection.group
+        if self.log_functional_error:
+            self._act_in = make_action(self.inputs, group)
+            self._act_out = None if self.outputs is None else make_action(self.outputs, group)
+        self.metric = self.metric.to(pl_module.device)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._w0 is None:
+            self._w0 = self._projection.snapshot()
+        if self.log_functional_error and self._probe is None and self.probe_batch is not None:
+            probe = (
+                self.probe_batch
+                if isinstance(self.probe_batch, Tensor)
+                else self.probe_batch(trainer, pl_module)
+            )
+            self._set_probe(trainer, probe)
+        self._write_layout(trainer)
+        if not self.history:
+            self._measure_and_log(trainer, pl_module, in_hook=False)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.log_functional_error and self._probe is None:
+            self._set_probe(trainer, batch if isinstance(batch, Tensor) else batch[0])
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
+    ) -> None:
+        if (trainer.global_step + 1) % self.every_n_steps == 0:
+            self._grad_share = self._projection.gradient_perp_share()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step != self._last_step and step % self.every_n_steps == 0:
+            self._measure_and_log(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self._measure_and_log(trainer, pl_module)
+        self.history[-1]["epoch_end"] = 1.0
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero and self.history:
+                logger.experiment.add_figure(
+                    "equi/trajectory", self.figure(), global_step=trainer.global_step
+                )
+                logger.experiment.flush()
+
+    def measure(self, pl_module: LightningModule) -> dict[str, Tensor]:
+        """All the quantities of the table above, now, as float64 tensors keyed by tag."""
+        projection, out = self._projection, {}
+        owners = {e.name: e.layer or "(root)" for e in projection.entries}
+        dist = projection.distances()
+        norms = {e.name: e.tensor.detach().double().norm() for e in projection.parameters}
+        moved = projection.distances_from(self._w0)
+        parts = {
+            "dist_to_E": dist,
+            "dist_from_start": moved["total"],
+            "dist_from_start_in_E": moved["in_E"],
+            "dist_from_start_perp": moved["perp"],
+        }
+        for key, values in parts.items():
+            if self.log_layers:
+                for layer, value in layer_distances(values, owners).items():
+                    out[f"equi/{key}/{layer}"] = value
+            out[f"equi/{key}/total"] = total_distance(values)
+        if self.log_layers:
+            layer_norms = layer_distances(norms, owners)
+            for layer, value in layer_distances(dist, owners).items():
+                out[f"equi/rel_dist_to_E/{layer}"] = (
+                    value / layer_norms[layer] if layer_norms[layer] > 0 else value
+                )
+        out["equi/rel_dist_to_E/total"] = projection.relative_total_distance()
+        if self._grad_share is not None:
+            out["equi/grad_perp_share"] = self._grad_share
+            self._grad_share = None
+        if self.log_functional_error and self._probe is not None:
+            out.update(self._functional_error(pl_module))
+        return out
+
+    def figure(self) -> Any:
+        """A matplotlib figure of ``||A - Pi_E A||`` against ``||A - A0||`` over the history."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5, 4))
+        ax = fig.add_subplot()
+        x = [h["equi/dist_from_start/total"] for h in self.history]
+        y = [h["equi/dist_to_E/total"] for h in self.history]
+        ax.plot(x, y, "-", color="C0", label="every logged step")
+        ends = [h for h in self.history if h.get("epoch_end")]
+        ax.plot(
+            [h["equi/dist_from_start/total"] for h in ends],
+            [h["equi/dist_to_E/total"] for h in ends],
+            "o",
+            color="C1",
+            label="epoch ends",
+        )
+        ax.set_xlabel(r"distance from start $\|A - A_0\|$")
+        ax.set_ylabel(r"distance to E $\|A - \Pi_E A\|$")
+        ax.legend(loc="best")
+        fig.tight_layout()
+        return fig
+
+    def _measure_and_log(self, trainer: Trainer, pl_module: LightningModule, in_hook: bool = True) -> None:
+        values = self.measure(pl_module)
+        step = trainer.global_step
+        self._last_step = step
+        floats = {k: float(v) for k, v in values.items()}
+        self.history.append({"step": float(step), "epoch": float(trainer.current_epoch), **floats})
+        for logger in trainer.loggers:
+            logger.log_metrics(floats, step=step)
+        if in_hook:  # pl_module.log is not allowed in on_train_start
+            pl_module.log_dict({k: v.float() for k, v in values.items()}, logger=False, sync_dist=False)
+
+    def _functional_error(self, pl_module: LightningModule) -> dict[str, Tensor]:
+        x, g, exact = self._probe["x"], self._probe["g"], self._probe["exact"].bool()
+        device = pl_module.device
+        x, g, exact = x.to(device), g.to(device), exact.to(device)
+        copies = g.shape[0] // x.shape[0]
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                fx = pl_module(x)
+                fx_rep = fx.repeat(copies, *([1] * (fx.dim() - 1)))
+                x_rep = x.repeat(copies, *([1] * (x.dim() - 1)))
+                f_gx = pl_module(self._act_in(g, x_rep))
+                g_fx = fx_rep if self._act_out is None else self._act_out(g, fx_rep)
+        finally:
+            pl_module.train(was_training)
+        self.metric.reset()
+        self.metric.update(f_gx, g_fx, fx_rep, exact)
+        result = self.metric.compute()
+        out = {"equi/functional_error": result["total"]}
+        if not (math.isnan(float(result["exact"])) or math.isnan(float(result["inexact"]))):
+            out["equi/functional_error_exact"] = result["exact"]
+            out["equi/functional_error_inexact"] = result["inexact"]
+        return out
+
+    def _set_probe(self, trainer: Trainer, x: Any) -> None:
+        if not isinstance(x, Tensor):
+            raise MisconfigurationException(
+                f"EquivarianceMonitor probes a tensor input, but got {type(x).__name__}: pass probe_batch=..."
+            )
+        x = x[: self.probe_size].detach().clone()
+        group = self._projection.group
+        generator = torch.Generator().manual_seed(self.seed + trainer.global_rank)
+        n = x.shape[0]
+        if isinstance(group, FiniteGroup) and group.order <= _FULL_ORBIT:
+            g = group.elements().repeat_interleave(n, dim=0)
+            exact = torch.full((g.shape[0],), self._act_in.exact)
+        else:
+            g = group.sample(self.probe_elements * n, generator=generator)
+            exact = torch.full((g.shape[0],), self._act_in.exact)
+            grid = (
+                _grid_elements(group)
+                if isinstance(self._act_in, ImageAction) and not self._act_in.exact
+                else None
+            )
+            if grid is not None:
+                g = torch.cat([g, grid.repeat_interleave(n, dim=0)])
+                exact = torch.cat([exact, torch.ones(grid.shape[0] * n, dtype=torch.bool)])
+        self._probe = {"x": x.cpu(), "g": g.cpu(), "exact": exact}
+
+    def _write_layout(self, trainer: Trainer) -> None:
+        layout = {
+            "equi": {
+                "distance to E": ["Multiline", [r"equi/dist_to_E/.*"]],
+                "relative distance to E": ["Multiline", [r"equi/rel_dist_to_E/.*"]],
+                "distance from start": ["Multiline", [r"equi/dist_from_start/.*"]],
+                "move along E vs across E (total)": [
+                    "Multiline",
+                    [r"equi/dist_from_start_in_E/total", r"equi/dist_from_start_perp/total"],
+                ],
+                "gradient share outside E": ["Multiline", [r"equi/grad_perp_share"]],
+                "functional equivariance error": ["Multiline", [r"equi/functional_error.*"]],
+            }
+        }
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                logger.experiment.add_custom_scalars(layout)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "w0": None if self._w0 is None else {k: v.detach().cpu() for k, v in self._w0.items()},
+            "probe": self._probe,
+            "history": [dict(h) for h in self.history],
+            "last_step": self._last_step,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._w0 = state_dict.get("w0")
+        self._probe = state_dict.get("probe")
+        self.history = [dict(h) for h in state_dict.get("history", [])]
+        self._last_step = int(state_dict.get("last_step", -1))
+
+
+def _grid_elements(group: Group) -> Tensor | None:
+    """The quarter turns (and mirrors) of SO2/O2, which act exactly on a square pixel grid."""
+    quarter = torch.arange(4, dtype=torch.float64) * (math.pi / 2)
+    if isinstance(group, SO2):
+        return quarter
+    if isinstance(group, O2):
+        flips = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat_interleave(4)
+        return torch.stack([flips, quarter.repeat(2)], dim=1)
+    return None

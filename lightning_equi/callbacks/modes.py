@@ -1,0 +1,137 @@
+"""The training mode as one flag: ``nom``, ``aug`` or ``equi`` -> the list of callbacks.
+
+* ``nom``: plain training (the monitor only, to watch the model drift away from E);
+* ``aug``: :class:`HaarAugmentation` (and the monitor);
+* ``equi``: :class:`EquivariantProjection` (and the monitor).
+
+The monitor comes first, so it reads the probe batch before augmentation and the gradient before
+projection.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+
+from lightning_equi.callbacks.equivariance_monitor import EquivarianceMonitor
+from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
+from lightning_equi.callbacks.haar_augmentation import ActionConfig, HaarAugmentation
+from lightning_equi.groups import Group, get_group
+from lightning_equi.subspace.spec import SymmetrySpec
+
+__all__ = ["MODES", "build_callbacks"]
+
+MODES = {
+    "nom": "plain training on the nominal risk",
+    "aug": "data augmentation with Haar-distributed group elements (HaarAugmentation)",
+    "equi": "weights kept in the equivariant subspace E by projection (EquivariantProjection)",
+}
+
+
+def _options(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+_AUG = _options(HaarAugmentation) - {"group", "inputs", "targets"}
+_EQUI = _options(EquivariantProjection) - {"spec"}
+_MONITOR = _options(EquivarianceMonitor) - {"spec", "inputs", "outputs"}
+
+
+def build_callbacks(
+    mode: str,
+    group: str | Group | None = None,
+    spec: SymmetrySpec | None = None,
+    inputs: ActionConfig = "image",
+    targets: ActionConfig = None,
+    monitor: bool = True,
+    model: nn.Module | None = None,
+    **kwargs: Any,
+) -> list[Callback]:
+    """The callbacks that train in ``mode``.
+
+    Args:
+        mode: ``"nom"``, ``"aug"`` or ``"equi"``.
+        group: the group, by name; ``aug`` needs it unless ``spec`` gives it.
+        spec: the model's :class:`~lightning_equi.subspace.spec.SymmetrySpec`; ``None`` uses the model's
+            ``symmetry_spec()`` method (``equi`` and the monitor need one or the other).
+        inputs: the action on the inputs (``"image"``, an Action, or ``{batch key: action}``).
+        targets: the action on the targets (``None`` for invariant targets); with ``outputs``
+            unset, the monitor uses it for the model's outputs.
+        monitor: add an :class:`EquivarianceMonitor`.
+        model: optional: the model, to check now that ``equi`` will find its spec.
+        kwargs: options of the callbacks, by name: ``per_sample``, ``copies``, ``orbit``, ``seed``
+            (HaarAugmentation), ``reproject_weights``, ``check_atol`` (EquivariantProjection),
+            ``every_n_steps``, ``probe_batch``, ``log_functional_error``, ``probe_size``, ...
+            (EquivarianceMonitor). ``outputs`` sets the monitor's action on the model's outputs.
+
+    Raises:
+        MisconfigurationException: for an unknown mode (listing the valid ones), ``aug`` without an
+            action on the data or without a group, ``equi`` without a spec (saying how to declare one),
+            a group that differs from the spec's, or an unknown option.
+
+    Example:
+        >>> [type(cb).__name__ for cb in build_callbacks("aug", group="C4", inputs="image", seed=0)]
+        ['EquivarianceMonitor', 'HaarAugmentation']
+        >>> build_callbacks("nom", monitor=False)
+        []
+    """
+    if mode not in MODES:
+        valid = "\n".join(f"  {k:<5} {v}" for k, v in MODES.items())
+        raise MisconfigurationException(f"unknown mode {mode!r}. Valid modes:\n{valid}")
+    outputs = kwargs.pop("outputs", targets if not isinstance(targets, Mapping) else None)
+    unknown = sorted(set(kwargs) - _AUG - _EQUI - _MONITOR)
+    if unknown:
+        raise MisconfigurationException(
+            f"unknown option(s) {unknown} for build_callbacks; valid: {sorted(_AUG | _EQUI | _MONITOR)}"
+        )
+    if spec is not None and group is not None and get_group(group) != spec.group:
+        raise MisconfigurationException(
+            f"group={_name(group)!r} but the spec is for {spec.group.name}; give one group (or only the spec)"
+        )
+    if group is None and spec is not None:
+        group = spec.group
+    callbacks: list[Callback] = []
+    if monitor:
+        single = inputs is not None and not isinstance(inputs, Mapping)
+        options = {k: v for k, v in kwargs.items() if k in _MONITOR}
+        options.setdefault("log_functional_error", single)
+        callbacks.append(
+            EquivarianceMonitor(spec=spec, inputs=inputs if single else None, outputs=outputs, **options)
+        )
+    if mode == "aug":
+        if inputs is None and targets is None:
+            raise MisconfigurationException(
+                "mode='aug' needs the action of the group on the data: pass inputs='image' (or 'points', "
+                "'set', 'graph', an Action, or {batch key: action}) and, for equivariant targets, targets=..."
+            )
+        if group is None:
+            raise MisconfigurationException(
+                "mode='aug' needs the group to sample from: pass group='C4' (or another name)"
+            )
+        options = {k: v for k, v in kwargs.items() if k in _AUG}
+        callbacks.append(HaarAugmentation(_name(group), inputs=inputs, targets=targets, **options))
+    elif mode == "equi":
+        if spec is None and model is not None and not callable(getattr(model, "symmetry_spec", None)):
+            raise MisconfigurationException(_NO_SPEC.format(name=type(model).__name__))
+        options = {k: v for k, v in kwargs.items() if k in _EQUI}
+        callbacks.append(EquivariantProjection(spec=spec, **options))
+    return callbacks
+
+
+_NO_SPEC = (
+    "mode='equi' needs the symmetry spec of the model: {name} has no symmetry_spec() method and no spec was "
+    "given. Declare how the group acts on each layer, e.g.\n"
+    "    spec = SymmetrySpec('C4').layers(nn.Conv2d, fields='regular').layer('conv1', 'trivial', 'regular')"
+    ".layer('fc', 'regular', 'trivial')\n"
+    "and pass build_callbacks('equi', spec=spec), or return it from a method symmetry_spec(self) "
+    "on the model."
+)
+
+
+def _name(group: str | Group) -> str:
+    return group.name if isinstance(group, Group) else str(group)

@@ -1,0 +1,11 @@
+"""Tiny LightningModules with declared symmetry specs, for tests, docs and users' own tests.
+
+* :class:`BoringEquiModel` -- a C4-invariant CNN (plain ``nn.Conv2d``/``BatchNorm2d``/``Linear``) on
+  random ``6 x 6`` images;
+* :class:`IrrepsEquiModel` -- an SO(2)-equivariant MLP on planar points, whose layers map between
+  irreducible 2-d representations (not permutations: Adam needs the weights re-projected).
+"""
+
+from lightning_equi.testing.models import BoringEquiModel, IrrepsEquiModel
+
+__all__ = ["BoringEquiModel", "IrrepsEquiModel"]
