@@ -307,7 +307,9 @@ def test_image_action_refusals():
         act(torch.zeros(2, dtype=torch.long), torch.zeros(2, 1, 1, 4, 4))
     with pytest.raises(ValueError, match="g holds 3 elements but x has batch size 2"):
         act(torch.zeros(3, dtype=torch.long), torch.zeros(2, 1, 4, 4))
-    with pytest.raises(ValueError, match=r"g has shape \(2, 2\), but a batch of C4 elements has shape \(B,?\)"):
+    with pytest.raises(
+        ValueError, match=r"g has shape \(2, 2\), but a batch of C4 elements has shape \(B,?\)"
+    ):
         act(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 1, 4, 4))
     with pytest.raises(TypeError, match="g has dtype torch.float64, but C4 elements are torch.int64"):
         act(torch.zeros(2, dtype=torch.float64), torch.zeros(2, 1, 4, 4))

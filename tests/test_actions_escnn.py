@@ -1,0 +1,229 @@
+"""Agreement with escnn: element conversions, our image action, and GeometricTensorAction."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+escnn = pytest.importorskip("escnn")
+from escnn import gspaces  # noqa: E402
+from escnn import nn as enn  # noqa: E402
+
+from lightning_equi.actions import GeometricTensorAction, ImageAction  # noqa: E402
+from lightning_equi.adapters import (  # noqa: E402
+    element_from_escnn,
+    escnn_element,
+    escnn_group,
+    group_from_escnn,
+    mirror_offset,
+    require_escnn,
+)
+from lightning_equi.groups import O2, O3, SO2, SO3, CyclicGroup, DihedralGroup, get_group, standard  # noqa: E402
+
+pytestmark = pytest.mark.escnn
+
+QUARTERS_SO2 = torch.tensor([0.0, math.pi / 2, math.pi, 3 * math.pi / 2], dtype=torch.float64)
+QUARTERS_O2 = torch.tensor([[f, k * math.pi / 2] for f in (0, 1) for k in range(4)], dtype=torch.float64)
+
+
+def some_elements(group, n=6):
+    if group.is_finite:
+        return group.elements()
+    return group.sample(n, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("group", [CyclicGroup(5), DihedralGroup(4), SO2(), O2(), SO3(), O3()])
+def test_escnn_elements_form_a_homomorphism_and_round_trip(group):
+    a = some_elements(group)
+    b = a.flip(0)
+    ab = group.compose(a, b)
+    for i in range(a.shape[0]):
+        ea, eb = escnn_element(group, a[i]), escnn_element(group, b[i])
+        assert ea @ eb == escnn_element(group, ab[i])
+        assert ~ea == escnn_element(group, group.inverse(a[i : i + 1]))
+        assert group.equal(element_from_escnn(group, ea), a[i : i + 1]).all()
+
+
+@pytest.mark.parametrize("group", [CyclicGroup(6), SO2(), SO3(), O3()])
+def test_standard_representation_equals_escnn_standard(group):
+    G = escnn_group(group)
+    esc = G.standard_representation() if not isinstance(group, CyclicGroup) else G.irrep(1)
+    g = some_elements(group)
+    mats = torch.stack([torch.as_tensor(esc(escnn_element(group, e))) for e in g])
+    torch.testing.assert_close(standard(group)(g), mats)
+
+
+@pytest.mark.parametrize(
+    "gspace",
+    [
+        gspaces.rot2dOnR2(4),
+        gspaces.flipRot2dOnR2(4),
+        gspaces.flipRot2dOnR2(4, axis=0.0),
+        gspaces.flip2dOnR2(),
+        gspaces.flipRot2dOnR2(3),
+        gspaces.flipRot2dOnR2(-1),
+        gspaces.flipRot2dOnR2(-1, axis=0.3),
+    ],
+    ids=lambda gs: gs.name,
+)
+def test_gspace_elements_move_the_plane_as_standard_does(gspace):
+    group = group_from_escnn(gspace)
+    g = some_elements(group)
+    base = torch.stack([torch.as_tensor(gspace.basespace_action(escnn_element(group, e, gspace))) for e in g])
+    torch.testing.assert_close(standard(group)(g), base)
+    for i in range(g.shape[0]):
+        assert group.equal(
+            element_from_escnn(group, escnn_element(group, g[i], gspace), gspace), g[i : i + 1]
+        ).all()
+
+
+def test_escnn_dihedral_irrep_mirror_is_conjugate_to_ours():
+    # escnn's D_N irrep (1, 1) mirrors y -> -y; ours x -> -x: conjugate by the quarter turn J
+    group = DihedralGroup(4)
+    G = escnn_group(group)
+    J = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    for g in group.elements():
+        esc = torch.as_tensor(G.irrep(1, 1)(escnn_element(group, g)))
+        torch.testing.assert_close(standard(group)(g[None])[0], J @ esc @ J.T)
+
+
+@pytest.mark.parametrize(
+    ("gspace", "name"), [(gspaces.rot2dOnR2(4), "C4"), (gspaces.rot2dOnR2(-1), "SO2")], ids=["C4", "SO2"]
+)
+def test_vector_field_image_action_matches_escnn_transform(gspace, name):
+    group = get_group(name)
+    act = ImageAction(group, fields=standard(group))
+    ft = enn.FieldType(gspace, [gspace.irrep(1)])
+    x = torch.randn(3, 2, 7, 7, dtype=torch.float64)
+    els = group.elements() if group.is_finite else QUARTERS_SO2
+    for e in els:
+        ref = ft(x).transform(escnn_element(group, e)).tensor
+        torch.testing.assert_close(act(e.expand(3), x), ref, rtol=0, atol=1e-12)
+
+
+def _field_type(gspace):
+    G = gspace.fibergroup
+    reps = [gspace.trivial_repr, gspace.basespace_action]
+    reps.append(gspace.regular_repr if G.order() > 0 else gspace.irrep(*G.irreps()[-1].id))
+    if G.order() > 0 and len(G.irreps()) > 2:
+        reps.append(gspace.irrep(*G.irreps()[-1].id))
+    return enn.FieldType(gspace, reps)
+
+
+@pytest.mark.parametrize(
+    "gspace",
+    [
+        gspaces.rot2dOnR2(4),
+        gspaces.flipRot2dOnR2(4),
+        gspaces.flipRot2dOnR2(4, axis=0.0),
+        gspaces.flip2dOnR2(),
+        gspaces.flipRot2dOnR2(2),
+        gspaces.rot2dOnR2(-1),
+        gspaces.flipRot2dOnR2(-1),
+    ],
+    ids=lambda gs: gs.name,
+)
+def test_geometric_tensor_action_matches_escnn_transform(gspace):
+    ft = _field_type(gspace)
+    act = GeometricTensorAction(ft)
+    group = act.group
+    x = ft(torch.randn(2, ft.size, 6, 6, dtype=torch.float64))
+    if group.is_finite:
+        els = group.elements()
+    else:
+        els = QUARTERS_SO2 if isinstance(group, SO2) else QUARTERS_O2
+    for e in els:
+        ref = x.transform(escnn_element(group, e, gspace)).tensor
+        out = act(e.expand(2, *e.shape), x)
+        assert isinstance(out, enn.GeometricTensor) and out.type == ft
+        if act.exact:
+            assert torch.equal(out.tensor, ref)
+        else:
+            torch.testing.assert_close(out.tensor, ref, rtol=0, atol=1e-12)
+
+
+def test_geometric_tensor_action_is_per_sample_and_a_homomorphism():
+    gspace = gspaces.flipRot2dOnR2(4)
+    ft = _field_type(gspace)
+    act = GeometricTensorAction(ft)
+    group = act.group
+    x = ft(torch.randn(16, ft.size, 5, 5, dtype=torch.float64))
+    g = group.sample(16, generator=torch.Generator().manual_seed(0))
+    h = group.sample(16, generator=torch.Generator().manual_seed(1))
+    out = act(g, x).tensor
+    for b in range(16):
+        ref = (
+            enn.GeometricTensor(x.tensor[b : b + 1], ft).transform(escnn_element(group, g[b], gspace)).tensor
+        )
+        assert torch.equal(out[b : b + 1], ref)
+    torch.testing.assert_close(
+        act(g, act(h, x)).tensor, act(group.compose(g, h), x).tensor, rtol=0, atol=1e-12
+    )
+
+
+def test_geometric_tensor_action_without_base_space_and_gradients():
+    gspace = gspaces.no_base_space(escnn.group.so2_group(3))
+    ft = enn.FieldType(gspace, [gspace.irrep(1), gspace.irrep(2), gspace.trivial_repr])
+    act = GeometricTensorAction(ft)
+    x = torch.randn(4, ft.size, dtype=torch.float64, requires_grad=True)
+    g = SO2().sample(4, generator=torch.Generator().manual_seed(0))
+    out = act(g, ft(x)).tensor
+    for b in range(4):
+        ref = torch.as_tensor(ft.representation(escnn_element(SO2(), g[b]))) @ x[b]
+        torch.testing.assert_close(out[b], ref)
+    out.sum().backward()
+    assert x.grad is not None
+
+
+def test_group_from_escnn_and_its_refusals():
+    assert group_from_escnn(escnn.group.so3_group()) == SO3()
+    assert group_from_escnn(gspaces.flipRot2dOnR2(6)) == DihedralGroup(6)
+    assert group_from_escnn(gspaces.trivialOnR2()) == CyclicGroup(1)
+    with pytest.raises(TypeError, match="expected an escnn Group or GSpace, got str"):
+        group_from_escnn("C4")
+    with pytest.raises(ValueError, match=r"not one of the D4 mirrors .* flipRot2dOnR2\(4\)"):
+        group_from_escnn(gspaces.flipRot2dOnR2(4, axis=math.pi / 8))
+    with pytest.raises(ValueError, match="no lightning_equi group matches escnn's"):
+        group_from_escnn(escnn.group.klein4_group())
+    with pytest.raises(ValueError, match="escnn has no group matching T4x4"):
+        escnn_group("T4x4")
+    with pytest.raises(ValueError, match=r"g must be one D4 element of shape \(2,\)"):
+        escnn_element("D4", torch.tensor([[1, 0], [0, 1]]))
+    assert math.cos(mirror_offset(gspaces.flipRot2dOnR2(4), DihedralGroup(4))) == pytest.approx(1.0)
+    assert math.cos(mirror_offset(gspaces.flipRot2dOnR2(4, axis=0.0), DihedralGroup(4))) == pytest.approx(
+        -1.0
+    )
+
+
+def test_geometric_tensor_action_refusals():
+    gs = gspaces.rot2dOnR2(4)
+    ft = enn.FieldType(gs, [gs.regular_repr])
+    act = GeometricTensorAction(ft)
+    g = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(TypeError, match="field_type must be an escnn.nn.FieldType, got GSpace2D"):
+        GeometricTensorAction(gs)
+    with pytest.raises(TypeError, match="x must be an escnn GeometricTensor, got Tensor"):
+        act(g, torch.zeros(2, 4, 5, 5))
+    other = enn.FieldType(gs, [gs.trivial_repr] * 4)
+    with pytest.raises(ValueError, match="x has field type .* but the action was built for"):
+        act(g, other(torch.zeros(2, 4, 5, 5)))
+    with pytest.raises(ValueError, match="square image; got H=4 and W=5"):
+        act(g, ft(torch.zeros(2, 4, 4, 5)))
+    with pytest.raises(ValueError, match="C8 cannot act exactly"):
+        GeometricTensorAction(
+            enn.FieldType(gspaces.rot2dOnR2(8), [gspaces.rot2dOnR2(8).trivial_repr]), exact=True
+        )
+    gs3 = gspaces.rot3dOnR3()
+    with pytest.raises(ValueError, match="acts on 2D gspaces and no_base_space"):
+        GeometricTensorAction(enn.FieldType(gs3, [gs3.trivial_repr]))
+
+
+def test_missing_escnn_gives_an_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "escnn", None)
+    with pytest.raises(ImportError, match=r"pip install --no-deps escnn==1\.0\.11"):
+        require_escnn()
+    with pytest.raises(ImportError, match=r"\./run setup"):
+        escnn_group("C4")
