@@ -37,11 +37,15 @@ _BASES: dict[tuple, Tensor] = {}  # block-type key -> orthonormal basis (D, m), 
 
 @dataclass(frozen=True)
 class BlockType:
-    """One kind of block of the weight: a field per factor, how many blocks, and ``dim Hom_G``."""
+    """One kind of block of the weight (one field per factor) and its share of E."""
 
+    #: the field's name on each factor, e.g. ``("irrep1", "trivial")``
     fields: tuple[str, ...]
+    #: how many blocks of this kind the weight holds
     count: int
+    #: entries per block
     size: int
+    #: ``dim E`` per block (``dim Hom_G`` between the fields)
     rank: int
 
 
@@ -218,7 +222,7 @@ class BasisProjector(Projector):
                 seen.setdefault(f.key, (f, []))[1].append(offset)
                 offset += s.dim
             groups.append(seen)
-        self._types: list[tuple[Tensor, Tensor]] = []  # (index (n, D) long, basis (D, m) float64)
+        self._blocks: list[tuple[Tensor, Tensor]] = []  # (index (n, D) long, basis (D, m) float64)
         self.types: list[BlockType] = []
         self._dim = 0
         for combo in _product([list(g.values()) for g in groups]):
@@ -230,7 +234,7 @@ class BasisProjector(Projector):
             )
             self._dim += index.shape[0] * basis.shape[1]
             if basis.shape[1]:
-                self._types.append((index, basis))
+                self._blocks.append((index, basis))
         self._cache: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, Tensor]]] = {}
 
     @property
@@ -240,7 +244,7 @@ class BasisProjector(Projector):
     def _on(self, device: torch.device, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
         key = (device, dtype)
         if key not in self._cache:
-            self._cache[key] = [(i.to(device), b.to(device=device, dtype=dtype)) for i, b in self._types]
+            self._cache[key] = [(i.to(device), b.to(device=device, dtype=dtype)) for i, b in self._blocks]
         return self._cache[key]
 
     def project(self, w: Tensor) -> Tensor:
@@ -264,7 +268,7 @@ class BasisProjector(Projector):
             )
         out = torch.zeros(numel, self._dim, dtype=torch.float64)
         col = 0
-        for index, basis in self._types:
+        for index, basis in self._blocks:
             n, size = index.shape
             m = basis.shape[1]
             cols = col + torch.arange(n)[:, None, None] * m + torch.arange(m)[None, None, :]
