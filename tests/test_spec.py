@@ -207,6 +207,11 @@ def test_wrong_channel_multiple() -> None:
         ValueError, match=r"layer 'conv1' .*in_fields: regular fields of C4 have dimension 4, which"
     ):
         SymmetrySpec("C4").layers(nn.Conv2d, fields="regular").free("head").bind(model)
+    # freeing the first layer exempts it from the type-wide declaration (its 1 channel is fine)
+    projection = (
+        SymmetrySpec("C4").layers(nn.Conv2d, fields="regular").norm("bn", "regular").free("conv1", "head")
+    ).bind(model)
+    assert "conv1.weight" in projection.free_names and "conv2.weight" in kinds(projection)
     model = nn.Linear(6, 8)
     with pytest.raises(
         ValueError, match=r"listed fields have dimensions 4 \+ 1, but the layer has 6 channels"

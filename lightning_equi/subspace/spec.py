@@ -481,12 +481,13 @@ class _Binder:
             own = [(n, t, False) for n, t in module.named_parameters(recurse=False)]
             own += [(n, t, True) for n, t in module.named_buffers(recurse=False) if t.is_floating_point()]
             qualified = {n: f"{layer}.{n}" if layer else n for n, _, _ in own}
-            decl = declared.get(layer) or self._type_declaration(module)
             where = f"layer {layer!r} ({_describe(module)})"
             actions: dict[str, TensorAction] = {}
             wanted = [
                 n for n, _, _ in own if qualified[n] not in free and qualified[n] not in spec._parameters
             ]
+            # a type-wide declaration does not reach a layer whose parameters are all free
+            decl = declared.get(layer) or (self._type_declaration(module) if wanted else None)
             if isinstance(module, _LAYERS) and decl is not None:
                 rho_in, rho_out = self._layer_fields(module, decl, where)
                 actions = _layer_actions(module, rho_in, rho_out, where) if wanted else {}
