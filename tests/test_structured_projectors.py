@@ -152,6 +152,8 @@ def test_fourier_float32_and_in_place(method):
     proj.project_(w)
     torch.testing.assert_close(w, out)
     assert float(proj.distance(w)) < 1e-5
+    transposed = torch.randn(proj.shape[::-1]).T  # a non-contiguous parameter view
+    torch.testing.assert_close(proj.project(transposed), proj.project(transposed.contiguous()))
 
 
 def test_fourier_from_action_rejects_other_actions():

@@ -131,9 +131,9 @@ class SymmetricProjector(Projector):
         self.patterns = [p for p in parts if len(p) <= self.n]
         # Moebius coefficients over the whole lattice (patterns with > n blocks have empty classes,
         # but their diagonals are still valid building blocks of the write-back).
-        self._up = [[(j, _mobius(p, s)) for j, s in enumerate(parts) if _refines(p, s)] for p in parts]
-        self._down = [[(j, _mobius(s, p)) for j, s in enumerate(parts) if _refines(s, p)] for p in parts]
         self._parts = parts
+        self._mixing = _mixing_matrix(parts, self.n)
+        self._cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     @property
     def dim(self) -> int:
@@ -152,28 +152,22 @@ class SymmetricProjector(Projector):
         if not self._axes:  # invariant -> invariant: no constraint
             return w.clone()
         v = w.reshape(self._view)
-        parts, n = self._parts, self.n
-        # T(s): sums over the generalised diagonals, (C_out, C_in) each.
-        diag_sums = [self._diagonal(v, s).sum(dim=tuple(range(2, 2 + len(s)))) for s in parts]
-        # Mean over each exact pattern p: S(p) / #tuples with pattern p (the falling factorial).
-        means = []
-        for p, up in zip(parts, self._up, strict=True):
-            if len(p) > n:
-                means.append(torch.zeros_like(diag_sums[0]))
-                continue
-            total = sum(c * diag_sums[j] for j, c in up)
-            means.append(total / math.perm(n, len(p)))
-        # Write back: out = sum_s D(s) 1[constant on the blocks of s], D = Moebius inverse of the means.
-        out = torch.empty(self._view, dtype=w.dtype, device=w.device)
-        finest = len(parts) - 1  # sorted by number of blocks: the all-distinct pattern is last
-        for i in range(finest, -1, -1):
-            coef = sum(c * means[j] for j, c in self._down[i])
-            view = self._diagonal(out, parts[i])
-            coef = coef.reshape(*coef.shape, *[1] * len(parts[i]))
-            if i == finest:
-                view.copy_(coef.expand_as(view))
-            else:
-                view.add_(coef)
+        parts, finest = self._parts, len(self._parts) - 1  # sorted by blocks: all-distinct is last
+        # T(s): sums over the generalised diagonals, (C_out, C_in) each; the finest is the whole tensor.
+        sums = [self._diagonal(v, s).sum(dim=tuple(range(2, 2 + len(s)))) for s in parts[:finest]]
+        co, ci = self.out_channels, self.in_channels
+        sums.append(w.reshape(co, -1, ci, self.n**self.in_order).sum(dim=3).sum(dim=1))  # fast contiguous sum
+        key = (w.dtype, w.device)
+        if key not in self._cache:
+            self._cache[key] = self._mixing.to(dtype=w.dtype, device=w.device)
+        coef = (self._cache[key] @ torch.stack(sums).reshape(len(parts), -1)).reshape(
+            len(parts), *sums[0].shape
+        )
+        # out = sum_s D(s) 1[indices constant on the blocks of s]: a broadcast, then diagonal updates.
+        free = [1 if a in self._axes else size for a, size in enumerate(self._view)]
+        out = torch.empty(self._view, dtype=w.dtype, device=w.device).copy_(coef[finest].reshape(free))
+        for part, c in zip(parts[:finest], coef[:finest], strict=True):
+            self._diagonal(out, part).add_(c.reshape(*c.shape, *[1] * len(part)))
         return out.reshape(self.shape)
 
     @classmethod
@@ -199,6 +193,23 @@ class SymmetricProjector(Projector):
         out_order, out_channels = kinds[0]
         in_order, in_channels = kinds[1] if len(kinds) == 2 else (0, 1)
         return cls(action.shape, group.n, in_order, out_order, in_channels, out_channels)
+
+
+def _mixing_matrix(parts: list[Partition], n: int) -> Tensor:
+    """``M`` with ``D = M T``: diagonal sums ``T`` to the diagonal updates ``D`` of the projection.
+
+    The class sums are ``S(p) = sum_{s >= p} mu(p, s) T(s)`` (Moebius inversion from above), the
+    class means ``S(p) / n!/(n - |p|)!`` (zero for the empty classes, ``|p| > n``), and the updates
+    ``D(q) = sum_{p <= q} mu(p, q) mean(p)`` (Moebius inversion from below).
+    """
+    k = len(parts)
+    up, down = torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, k, dtype=torch.float64)
+    for i, p in enumerate(parts):
+        for j, s in enumerate(parts):
+            if _refines(p, s):
+                up[i, j] = _mobius(p, s) / math.perm(n, len(p)) if len(p) <= n else 0.0
+                down[j, i] = _mobius(p, s)
+    return down @ up
 
 
 def _node_order(rep: Representation, group: SymmetricGroup) -> tuple[int, int] | None:
