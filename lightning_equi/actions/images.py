@@ -100,7 +100,8 @@ class ImageAction(Action):
         self.fields = None if fields is None else FiberAction(fields, "fields")
         if self.fields is not None and self.fields.group != group:
             raise ValueError(
-                f"fields is a representation of {self.fields.group.name}, but the action's group is {group.name}"
+                f"fields is a representation of {self.fields.group.name}, "
+                f"but the action's group is {group.name}"
             )
 
     @property
@@ -166,15 +167,17 @@ class ImageAction(Action):
         return out
 
     def _roll(self, g: Tensor, x: Tensor) -> Tensor:
-        # out[p] = x[p - t], as a single gather on the flattened grid (torch.roll for every sample)
-        group, d = self.group, self.spatial_dims
-        pos = group.elements(device=x.device)
-        src = group.index(
-            ((pos[None] - g[:, None]) % torch.tensor(group.shape, device=x.device)).reshape(-1, d)
-        )
+        # out[p] = x[p - t] (torch.roll of every sample by its own t) as one gather on the flat grid;
+        # the source index is built axis by axis, row-major like TorusTranslations.index
+        shape, d = self.group.shape, self.spatial_dims
+        src = torch.zeros((x.shape[0],) + (1,) * d, dtype=torch.long, device=x.device)
+        for axis, n in enumerate(shape):
+            view = [x.shape[0]] + [1] * d
+            view[1 + axis] = n
+            idx = (torch.arange(n, device=x.device)[None] - g[:, axis : axis + 1]) % n
+            src = src * n + idx.reshape(view)
         flat = x.flatten(2)
-        src = src.reshape(x.shape[0], 1, -1).expand(flat.shape)
-        return torch.gather(flat, 2, src).reshape(x.shape)
+        return torch.gather(flat, 2, src.reshape(x.shape[0], 1, -1).expand(flat.shape)).reshape(x.shape)
 
     def _resample(self, g: Tensor, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
