@@ -319,3 +319,17 @@ def test_symmetric_bad_inputs():
         SymmetricProjector((1, 1), 0, 0, 0)
     with pytest.raises(ValueError, match="projector was built for"):
         SymmetricProjector((4, 4), 4, 1, 1).project(torch.randn(4, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_rounds_the_float32_projection(dtype):
+    projectors = [
+        FourierProjector((24, 24), (4, 3), 2, 2),
+        FourierProjector((24, 24), (4, 3), 2, 2, method="fft"),
+        SymmetricProjector((32, 48), 4, 2, 2, 3, 2),
+    ]
+    for proj in projectors:
+        w = torch.randn(proj.shape).to(dtype)
+        out = proj.project(w)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, proj.project(w.float()).to(dtype), rtol=0, atol=0)

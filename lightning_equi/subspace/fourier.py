@@ -113,6 +113,8 @@ class FourierProjector(Projector):
 
     def project(self, w: Tensor) -> Tensor:
         self.check_shape(w)
+        if w.dtype in (torch.float16, torch.bfloat16):  # class sums of many entries need float32
+            return self.project(w.float()).to(w.dtype)
         if self.is_bias:
             return self._project_bias(w)
         if self.method == "fft":

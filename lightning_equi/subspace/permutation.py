@@ -149,6 +149,8 @@ class SymmetricProjector(Projector):
 
     def project(self, w: Tensor) -> Tensor:
         self.check_shape(w)
+        if w.dtype in (torch.float16, torch.bfloat16):  # class sums of many entries need float32
+            return self.project(w.float()).to(w.dtype)
         if not self._axes:  # invariant -> invariant: no constraint
             return w.clone()
         v = w.reshape(self._view)
