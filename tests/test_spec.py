@@ -212,6 +212,9 @@ def test_wrong_channel_multiple() -> None:
         SymmetrySpec("C4").layers(nn.Conv2d, fields="regular").norm("bn", "regular").free("conv1", "head")
     ).bind(model)
     assert "conv1.weight" in projection.free_names and "conv2.weight" in kinds(projection)
+    model = nn.Linear(24, 8)
+    with pytest.raises(ValueError, match=r"is a sum of 3 fields of total dimension 12, but the layer has 24"):
+        SymmetrySpec("C4").layer(model, 3 * regular(CyclicGroup(4)), "regular").bind(model)
     model = nn.Linear(6, 8)
     with pytest.raises(
         ValueError, match=r"listed fields have dimensions 4 \+ 1, but the layer has 6 channels"
@@ -309,6 +312,9 @@ def test_buffers_are_projected_and_follow_the_module() -> None:
     model(x)  # training forward: the running statistics leave E
     assert projection.distances(buffers=True)["bn.running_mean"] > 1e-3
     assert "bn.running_mean" not in projection.distances()  # parameters only by default
+    projection.project_buffers_()
+    assert projection.is_equivariant(atol=1e-6)
+    model(x)
     model.double()  # replaces the buffers: entries look them up again
     projection.project_parameters_()
     assert model.bn.running_mean.dtype == torch.float64

@@ -238,12 +238,21 @@ class SymmetrySpec:
     def fields(self, fields: Fields, channels: int, where: str) -> Representation:
         """The representation on ``channels`` coordinates described by ``fields`` (``where``: for errors).
 
+        A single field type (a name, or a representation that is not a direct sum) is repeated to fill
+        the channels; a direct sum or a list of fields must cover them exactly.
+
         Example:
             >>> SymmetrySpec("C4").fields("regular", 16, "conv1 out_fields")
             Representation(regular+regular+regular+regular, C4, dim=16)
         """
         if isinstance(fields, (str, Representation)):
             base = self._field(fields, where)
+            if len(base.summands) > 1 and base.dim != channels:  # a sum is taken as the whole layout
+                raise ValueError(
+                    f"{where}: the representation {base.name} is a sum of {len(base.summands)} fields of "
+                    f"total dimension {base.dim}, but the layer has {channels} channels; give all the "
+                    "fields, or a single field type (e.g. 'regular') to have it repeated"
+                )
             if channels % base.dim:
                 raise ValueError(
                     f"{where}: {base.name} fields of {self.group.name} have dimension {base.dim}, which does "
@@ -682,6 +691,14 @@ class ModelProjection:
         """Project every constrained parameter and running statistic onto E, in place."""
         for e in self.entries:
             e.projector.project_(e.tensor)
+
+    @torch.no_grad()
+    def project_buffers_(self) -> None:
+        """Project the running statistics only: training forwards move them out of E, whatever the
+        optimizer does, so re-project them before evaluating (or after every step)."""
+        for e in self.entries:
+            if e.is_buffer:
+                e.projector.project_(e.tensor)
 
     @torch.no_grad()
     def project_gradients_(self) -> None:
