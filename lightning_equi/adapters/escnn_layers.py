@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from escnn import nn as enn
 from torch import Tensor, nn
 
+from lightning_equi.adapters.escnn_compat import patch_escnn_numerics
 from lightning_equi.adapters.escnn_groups import group_from_escnn
 from lightning_equi.adapters.escnn_pickle import register_escnn_pickling
 from lightning_equi.adapters.escnn_projectors import (
@@ -76,6 +77,7 @@ __all__ = [
 ]
 
 register_escnn_pickling()
+patch_escnn_numerics()
 
 #: escnn modules whose own parameters are equivariant whatever their value (one per field, or on
 #: norms and trivial irreps only): kept as they are and left free in the spec
