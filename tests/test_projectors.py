@@ -199,6 +199,8 @@ def test_continuous_dim_and_basis(name):
     action = CONTINUOUS_CASES[name]
     proj = BasisProjector(action)
     assert proj.dim == EXPECTED_CONTINUOUS_DIM[name]
+    assert sum(t.count * t.size for t in proj.types) == action.shape.numel()  # blocks tile the weight
+    assert sum(t.count * t.rank for t in proj.types) == proj.dim
     basis = proj.basis()
     assert basis.shape == (action.shape.numel(), proj.dim)
     torch.testing.assert_close(basis.T @ basis, torch.eye(proj.dim, **F64), rtol=0, atol=1e-12)
@@ -324,6 +326,8 @@ def test_project_in_place_and_distance():
 
 
 def test_orbit_projector_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match=r"index_permutation needs permutation .* \['irrep1'\] are not"):
+        bias(C4, [("irrep1", 1)]).index_permutation(C4.generators())
     with pytest.raises(ValueError, match="permutation representations on every factor.*BasisProjector"):
         OrbitMeanProjector(linear(C4, [("irrep1", 1)], [("regular", 1)]))
     with pytest.raises(ValueError, match="needs a finite group, got SO2"):
@@ -340,9 +344,10 @@ def test_basis_projector_refuses_what_it_cannot_do():
     no_lie = Representation(SO2(), 2, "nolie", lambda g: irrep(SO2(), 1)(g))
     with pytest.raises(ValueError, match="nolie of the continuous group SO2 has no Lie algebra"):
         BasisProjector(TensorAction((2,), [(no_lie, 1)]))
-    wide = BasisProjector(bias(C4, [("regular", 2000)]))
-    assert wide.dim == 2000
-    wide_linear = BasisProjector(linear(C4, [("trivial", 1000)], [("trivial", 60)]))
+    many = 2000 * regular(C4)  # one field object repeated: solved once
+    assert BasisProjector(TensorAction((many.dim,), [(many, 1)])).dim == 2000
+    rows, cols = 1000 * trivial(C4), 60 * trivial(C4)
+    wide_linear = BasisProjector(TensorAction((rows.dim, cols.dim), [(rows, 1), (cols, 1)]))
     with pytest.raises(ValueError, match="dense basis .* use project"):
         wide_linear.basis()
 

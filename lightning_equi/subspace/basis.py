@@ -171,9 +171,22 @@ def _null_space_basis(fields: list[_Field]) -> Tensor:
             parts[j] = x[None]
             lie += _kron(parts)[0]
         gram += lie.T @ lie
-    evals, evecs = torch.linalg.eigh(gram)
+    evals, evecs = _eigh(gram)
     # eigenvalues of E are zero up to rounding; the others are at least ~(2 sin(pi / N))^2
     return evecs[:, evals <= 1e-9 * max(1.0, float(evals[-1]))].contiguous()
+
+
+def _eigh(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh``, single-threaded for small matrices: threaded LAPACK on a 100 x 100
+    matrix spends its time synchronising (seconds instead of milliseconds on a busy machine)."""
+    if gram.shape[0] > 1024:
+        return torch.linalg.eigh(gram)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(gram)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class BasisProjector(Projector):
