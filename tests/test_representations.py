@@ -177,6 +177,8 @@ def test_direct_sums() -> None:
         direct_sum([])
     with pytest.raises(ValueError, match="direct_sum needs at least one representation"):
         0 * standard(D4)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        2.5 * standard(D4)
     with pytest.raises(ValueError, match="cannot sum representations of D4 and C4"):
         standard(D4) + standard(CyclicGroup(4))
 

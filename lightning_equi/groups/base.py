@@ -89,7 +89,15 @@ class Group(ABC):
         return ((a - b).abs() <= atol).reshape(a.shape[0], -1).all(dim=1)
 
     def check(self, g: Tensor, argument: str = "g") -> Tensor:
-        """Raise a clear error when ``g`` is not a batch of elements of this group."""
+        """Raise a clear error when ``g`` is not a batch of elements of this group (shape only).
+
+        Example:
+            >>> from lightning_equi.groups import DihedralGroup
+            >>> DihedralGroup(4).check(torch.tensor([1, 0]))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: g has shape (2,), but a batch of D4 elements has shape (B, 2); add a batch ...
+        """
         if not isinstance(g, Tensor):
             raise TypeError(f"{argument} must be a tensor of {self.name} elements, got {type(g).__name__}")
         if g.dim() != 1 + len(self.element_shape) or tuple(g.shape[1:]) != self.element_shape:

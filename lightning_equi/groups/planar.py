@@ -62,7 +62,14 @@ class SO2(Group):
 
 
 class O2(Group):
-    """The orthogonal group O(2) = rotations and reflections of the plane."""
+    """The orthogonal group O(2) = rotations and reflections of the plane.
+
+    Example:
+        >>> G = O2()
+        >>> mirror, quarter = torch.tensor([[1.0, 0.0], [0.0, torch.pi / 2]], dtype=torch.float64)
+        >>> G.compose(mirror[None], quarter[None])  # S R(t) = R(-t) S
+        tensor([[1.0000, 4.7124]], dtype=torch.float64)
+    """
 
     name = "O2"
     element_shape = (2,)

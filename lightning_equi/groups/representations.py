@@ -107,7 +107,9 @@ class Representation:
         return direct_sum([self, other])
 
     def __mul__(self, copies: int) -> Representation:
-        return direct_sum([self] * int(copies))
+        if not isinstance(copies, int):  # 2.5 * rho is a mistake, not two copies
+            return NotImplemented
+        return direct_sum([self] * copies)
 
     __rmul__ = __mul__
 
@@ -125,7 +127,13 @@ def _from_permutation(group: Group, dim: int, name: str, perm: Callable[[Tensor]
 
 
 def trivial(group: Group) -> Representation:
-    """The 1-dimensional trivial representation (invariant scalars)."""
+    """The 1-dimensional trivial representation (invariant scalars).
+
+    Example:
+        >>> from lightning_equi.groups import SO2
+        >>> trivial(SO2())(torch.tensor([0.5], dtype=torch.float64))
+        tensor([[[1.]]], dtype=torch.float64)
+    """
     return _from_permutation(
         group,
         1,
@@ -136,7 +144,14 @@ def trivial(group: Group) -> Representation:
 
 
 def regular(group: Group) -> Representation:
-    """The regular representation of a finite group: ``rho(g) e_h = e_{g h}``."""
+    """The regular representation of a finite group: ``rho(g) e_h = e_{g h}``.
+
+    Example:
+        >>> from lightning_equi.groups import DihedralGroup
+        >>> rho = regular(DihedralGroup(2))
+        >>> rho.dim, rho.permutation(torch.tensor([[1, 0]]))  # the mirror swaps rotations and mirrors
+        (4, tensor([[2, 3, 0, 1]]))
+    """
     if not isinstance(group, FiniteGroup):
         raise ValueError(f"{group.name} is continuous and has no finite regular representation")
     if isinstance(group, SymmetricGroup) and group.n > 5:
@@ -199,7 +214,14 @@ def _planar(group: Group, frequency: int, name: str) -> Representation:
 
 def standard(group: Group) -> Representation:
     """The defining representation: 2x2 for C_N/D_N/SO(2)/O(2), 3x3 for SO(3)/O(3), permutation
-    matrices on ``R^n`` for S_n, and the shift of the ``N1 x ... x Nd`` grid for a torus."""
+    matrices on ``R^n`` for S_n, and the shift of the ``N1 x ... x Nd`` grid for a torus.
+
+    Example:
+        >>> from lightning_equi.groups import DihedralGroup
+        >>> standard(DihedralGroup(4))(torch.tensor([[1, 0]]))  # the mirror x -> -x
+        tensor([[[-1.,  0.],
+                 [ 0.,  1.]]], dtype=torch.float64)
+    """
     if isinstance(group, (CyclicGroup, DihedralGroup, SO2, O2)):
         return _planar(group, 1, "standard")
     if isinstance(group, SO3):
@@ -228,7 +250,13 @@ def _parity_sign(p: Tensor) -> Tensor:
 
 
 def sign(group: Group) -> Representation:
-    """``det``: -1 on mirrors (D_N, O(2), O(3)) and odd permutations (S_n)."""
+    """``det``: -1 on mirrors (D_N, O(2), O(3)) and odd permutations (S_n).
+
+    Example:
+        >>> from lightning_equi.groups import SymmetricGroup
+        >>> sign(SymmetricGroup(3))(torch.tensor([[1, 0, 2], [1, 2, 0]])).flatten()
+        tensor([-1.,  1.], dtype=torch.float64)
+    """
     if isinstance(group, (DihedralGroup, O2)):
         fn = lambda g: (1.0 - 2.0 * group.flip(g).double())[:, None, None]  # noqa: E731
     elif isinstance(group, SO3):
@@ -244,7 +272,14 @@ def sign(group: Group) -> Representation:
 def irrep(group: Group, frequency: int) -> Representation:
     """Real irreducible representation of frequency ``k`` of C_N, D_N, SO(2), O(2):
     ``R(k theta)`` (times the mirror for D_N/O(2)); ``k = 0`` is the trivial one. For SO(3)/O(3)
-    only ``l = 0, 1``; higher ``l`` come from escnn (``lightning_equi.adapters.escnn``)."""
+    only ``l = 0, 1``; higher ``l`` come from escnn (``lightning_equi.adapters.escnn``).
+
+    Example:
+        >>> from lightning_equi.groups import CyclicGroup
+        >>> irrep(CyclicGroup(8), 2)(torch.tensor([1])).round()  # a quarter turn: 2 * 45 degrees
+        tensor([[[ 0., -1.],
+                 [ 1.,  0.]]], dtype=torch.float64)
+    """
     k = int(frequency)
     if k < 0:
         raise ValueError(f"frequency must be >= 0, got {k} (frequency -k is equivalent to k)")
@@ -262,7 +297,14 @@ def irrep(group: Group, frequency: int) -> Representation:
 
 
 def pair_representation(group: SymmetricGroup) -> Representation:
-    """S_n acting on ``R^{n x n}`` (edge features, adjacency matrices): ``(g A)[p_i, p_j] = A[i, j]``."""
+    """S_n acting on ``R^{n x n}`` (edge features, adjacency matrices): ``(g A)[p_i, p_j] = A[i, j]``.
+
+    Example:
+        >>> from lightning_equi.groups import SymmetricGroup
+        >>> A = torch.arange(4.0)  # the 2 x 2 matrix [[0, 1], [2, 3]], flattened
+        >>> A[pair_representation(SymmetricGroup(2)).permutation(torch.tensor([[1, 0]]))]
+        tensor([[3., 2., 1., 0.]])
+    """
     n = group.n
 
     def perm(g: Tensor) -> Tensor:
@@ -273,7 +315,15 @@ def pair_representation(group: SymmetricGroup) -> Representation:
 
 
 def direct_sum(reps: Sequence[Representation]) -> Representation:
-    """Block-diagonal sum of representations of one group."""
+    """Block-diagonal sum of representations of one group (also ``rho1 + rho2`` and ``3 * rho``).
+
+    Example:
+        >>> from lightning_equi.groups import CyclicGroup
+        >>> C4 = CyclicGroup(4)
+        >>> rho = direct_sum([trivial(C4), 2 * standard(C4)])
+        >>> rho.dim, [r.name for r in rho.summands]
+        (5, ['trivial', 'standard', 'standard'])
+    """
     reps = list(reps)
     if not reps:
         raise ValueError("direct_sum needs at least one representation")
@@ -322,8 +372,16 @@ def grid_representation(group: Group, size: tuple[int, int]) -> Representation:
 
     Convention (escnn's): C_N element ``k`` is ``torch.rot90(K, k * 4 // N, dims=(-2, -1))``, the
     mirror of D_N is ``torch.flip(K, (-1,))`` (``x -> -x``), and ``(f, k)`` is the mirror first.
-    Only C1, C2, C4, D1, D2 and D4 act exactly on a grid; C4/D4 (and C2/D2 with ``H != W`` not
-    allowed for quarter turns) need a square grid.
+    Equivalently, ``g`` moves the pixel centred at ``p = (x, y)`` (``x`` along columns, ``y`` up the
+    rows, origin at the grid centre) to ``standard(group)(g) @ p``.
+    Only C1, C2, C4, D1, D2 and D4 act exactly on a grid; C4 and D4 need a square grid, while
+    the half turns of C2 and D2 act on any ``H x W``.
+
+    Example:
+        >>> from lightning_equi.groups import CyclicGroup
+        >>> K = torch.arange(4.0)  # [[0, 1], [2, 3]]
+        >>> K[grid_representation(CyclicGroup(4), (2, 2)).permutation(torch.tensor([1]))]
+        tensor([[1., 3., 0., 2.]])
     """
     h, w = (int(size[0]), int(size[1]))
     if isinstance(group, CyclicGroup) and group.n in (1, 2, 4):

@@ -64,7 +64,13 @@ class SO3(Group):
 
 
 class O3(SO3):
-    """The orthogonal group O(3) = SO(3) x {+I, -I}."""
+    """The orthogonal group O(3) = SO(3) x {+I, -I}.
+
+    Example:
+        >>> R = O3().sample(1000, generator=torch.Generator().manual_seed(0))
+        >>> sorted(torch.linalg.det(R).round().unique().tolist())  # proper and improper rotations
+        [-1.0, 1.0]
+    """
 
     name = "O3"
 
