@@ -186,6 +186,20 @@ def test_sampling_devices(name: str) -> None:
     assert_in_group(G, G.sample(3))  # global RNG
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ALL)
+def test_sampling_on_cuda(name: str) -> None:
+    G = get_group(name)
+    # a CPU generator serves any device: same stream as on the CPU, then moved
+    g = G.sample(16, generator=gen(15), device="cuda")
+    assert g.device.type == "cuda" and torch.equal(g.cpu(), G.sample(16, generator=gen(15)))
+    cuda_gen = torch.Generator(device="cuda").manual_seed(15)
+    h = G.sample(16, generator=cuda_gen)  # default device: the generator's
+    assert h.device.type == "cuda"
+    assert_in_group(G, h.cpu())
+    assert G.equal(G.compose(h, G.inverse(h)), G.identity(16, device="cuda")).all()
+
+
 def test_make_generator_does_not_touch_the_global_rng() -> None:
     state = torch.get_rng_state()
     g1, g2 = make_generator(), make_generator()
