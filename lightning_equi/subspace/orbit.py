@@ -148,7 +148,7 @@ class OrbitMeanProjector(Projector):
     def project(self, w: Tensor) -> Tensor:
         with torch.no_grad():
             means, ids = self._orbit_means(w)
-            return means[ids].reshape(self.shape)
+            return torch.index_select(means, 0, ids).reshape(self.shape)
 
     def project_(self, w: Tensor) -> Tensor:
         with torch.no_grad():
@@ -156,5 +156,5 @@ class OrbitMeanProjector(Projector):
             if w.is_contiguous():  # write the gather straight into w, no temporary
                 torch.index_select(means, 0, ids, out=w.view(-1))
             else:
-                w.copy_(means[ids].reshape(self.shape))
+                w.copy_(torch.index_select(means, 0, ids).reshape(self.shape))
         return w
