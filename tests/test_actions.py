@@ -328,7 +328,7 @@ def test_image_action_refusals():
         ImageAction("T4x4")(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 1, 5, 5))
 
 
-def test_actions_pickle_with_finite_fields_and_refuse_clearly_otherwise():
+def test_actions_pickle():
     group = DihedralGroup(4)
     act = BatchAction([ImageAction(group, fields=regular(group)), ImageAction(group), None])
     clone = pickle.loads(pickle.dumps(act))
@@ -336,8 +336,9 @@ def test_actions_pickle_with_finite_fields_and_refuse_clearly_otherwise():
     g = group.sample(4, generator=gen())
     for a, b in zip(act(g, batch), clone(g, batch), strict=True):
         assert torch.equal(a, b)
-    with pytest.raises(TypeError, match="standard of the continuous group SO2 cannot be pickled"):
-        pickle.dumps(ImageAction("SO2", fields=standard(SO2())))
+    so2 = ImageAction("SO2", fields=standard(SO2()))
+    field, theta = torch.randn(3, 2, 9, 9), SO2().sample(3, generator=gen())
+    assert torch.equal(pickle.loads(pickle.dumps(so2))(theta, field), so2(theta, field))
 
 
 def test_fiber_action_tabulates_finite_groups_and_matches_the_representation():

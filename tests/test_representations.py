@@ -397,3 +397,19 @@ def test_grid_representation_matches_escnn_transform(escnn_group) -> None:
         theirs = enn.GeometricTensor(img, field).transform(_to_escnn(D4, gs.fibergroup, g)).tensor
         ours = img.reshape(-1)[rho.permutation(g[None])[0]].reshape(1, 1, 5, 5)
         assert torch.equal(theirs, ours), g
+
+
+def test_representations_pickle_and_deepcopy():
+    """Callbacks and DataLoader workers pickle actions, which hold representations."""
+    import copy
+    import pickle
+
+    from lightning_equi.groups import direct_sum, get_group, grid_representation, irrep, regular, standard
+
+    D4, S = get_group("D4"), get_group("SO2")
+    for rep in [3 * regular(D4) + standard(D4), grid_representation(D4, (3, 3)), direct_sum([irrep(S, 2)] * 2)]:
+        g = rep.group.sample(6, generator=torch.Generator().manual_seed(1))
+        for clone in (pickle.loads(pickle.dumps(rep)), copy.deepcopy(rep)):
+            assert torch.equal(clone(g), rep(g))
+            assert clone.dim == rep.dim and [s.name for s in clone.summands] == [s.name for s in rep.summands]
+            assert torch.equal(clone.lie_algebra(), rep.lie_algebra())

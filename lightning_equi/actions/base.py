@@ -8,7 +8,6 @@ bit for bit when ``action.exact`` and to interpolation error otherwise.
 
 from __future__ import annotations
 
-import pickle
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -86,8 +85,7 @@ class FiberAction:
     """A representation acting on one axis of a batch (channels of an image, features of a point).
 
     Finite groups are tabulated once over all their elements, so the action is one lookup plus a
-    gather (permutation representations) or a batched matrix product, and it pickles even though
-    :class:`~lightning_equi.groups.Representation` holds closures.
+    gather (permutation representations) or a batched matrix product.
 
     Example:
         >>> from lightning_equi.groups import CyclicGroup, regular
@@ -152,13 +150,4 @@ class FiberAction:
         return out.movedim(1, axis)
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__, _cache={})
-        if self._rep is not None:
-            try:
-                pickle.dumps(self._rep)
-            except Exception as err:  # closures of lightning_equi.groups representations
-                raise TypeError(
-                    f"representation {self.name} of the continuous group {self.group.name} cannot be pickled "
-                    f"({err}); build the action inside each worker process, or use a finite group"
-                ) from err
-        return state
+        return dict(self.__dict__, _cache={})  # device copies are rebuilt on first use

@@ -19,6 +19,7 @@ escnn's default ``flipRot2dOnR2``), while escnn's group irrep ``irrep(1, k)`` of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -103,6 +104,14 @@ class Representation:
             return torch.zeros(0, self.dim, self.dim, dtype=torch.float64, device=device)
         return self._lie().to(device)
 
+    def __reduce_ex__(self, protocol):
+        # Built by a factory of this module: pickle the recipe. Otherwise the default (which fails
+        # for closures under pickle, but lets copy.deepcopy share the functions).
+        recipe = getattr(self, "_recipe", None)
+        if recipe is not None:
+            return (_rebuild, recipe)
+        return super().__reduce_ex__(protocol)
+
     def __add__(self, other: Representation) -> Representation:
         return direct_sum([self, other])
 
@@ -117,6 +126,22 @@ class Representation:
         return f"Representation({self.name}, {self.group.name}, dim={self.dim})"
 
 
+def _picklable(factory: Callable[..., Representation]) -> Callable[..., Representation]:
+    """Record how a representation was built, so that it pickles (its matrices are closures)."""
+
+    @functools.wraps(factory)
+    def build(*args, **kwargs) -> Representation:
+        rep = factory(*args, **kwargs)
+        rep._recipe = (factory.__name__, args, kwargs)
+        return rep
+
+    return build
+
+
+def _rebuild(name: str, args: tuple, kwargs: dict) -> Representation:
+    return globals()[name](*args, **kwargs)
+
+
 def _from_permutation(group: Group, dim: int, name: str, perm: Callable[[Tensor], Tensor], lie=None):
     def matrices(g: Tensor) -> Tensor:
         src = perm(g)
@@ -126,6 +151,7 @@ def _from_permutation(group: Group, dim: int, name: str, perm: Callable[[Tensor]
     return Representation(group, dim, name, matrices, perm, lie)
 
 
+@_picklable
 def trivial(group: Group) -> Representation:
     """The 1-dimensional trivial representation (invariant scalars).
 
@@ -143,6 +169,7 @@ def trivial(group: Group) -> Representation:
     )
 
 
+@_picklable
 def regular(group: Group) -> Representation:
     """The regular representation of a finite group: ``rho(g) e_h = e_{g h}``.
 
@@ -212,6 +239,7 @@ def _planar(group: Group, frequency: int, name: str) -> Representation:
     return Representation(group, 2, name, matrices, None, lie)
 
 
+@_picklable
 def standard(group: Group) -> Representation:
     """The defining representation: 2x2 for C_N/D_N/SO(2)/O(2), 3x3 for SO(3)/O(3), permutation
     matrices on ``R^n`` for S_n, and the shift of the ``N1 x ... x Nd`` grid for a torus.
@@ -249,6 +277,7 @@ def _parity_sign(p: Tensor) -> Tensor:
     return 1.0 - 2.0 * (inversions % 2).double()
 
 
+@_picklable
 def sign(group: Group) -> Representation:
     """``det``: -1 on mirrors (D_N, O(2), O(3)) and odd permutations (S_n).
 
@@ -269,6 +298,7 @@ def sign(group: Group) -> Representation:
     return Representation(group, 1, "sign", fn, None, lie)
 
 
+@_picklable
 def irrep(group: Group, frequency: int) -> Representation:
     """Real irreducible representation of frequency ``k`` of C_N, D_N, SO(2), O(2):
     ``R(k theta)`` (times the mirror for D_N/O(2)); ``k = 0`` is the trivial one. For SO(3)/O(3)
@@ -296,6 +326,7 @@ def irrep(group: Group, frequency: int) -> Representation:
     raise ValueError(f"irrep {k} of {group.name} is not built in; build it with escnn")
 
 
+@_picklable
 def pair_representation(group: SymmetricGroup) -> Representation:
     """S_n acting on ``R^{n x n}`` (edge features, adjacency matrices): ``(g A)[p_i, p_j] = A[i, j]``.
 
@@ -314,6 +345,7 @@ def pair_representation(group: SymmetricGroup) -> Representation:
     return _from_permutation(group, n * n, "pairs", perm)
 
 
+@_picklable
 def direct_sum(reps: Sequence[Representation]) -> Representation:
     """Block-diagonal sum of representations of one group (also ``rho1 + rho2`` and ``3 * rho``).
 
@@ -366,6 +398,7 @@ def direct_sum(reps: Sequence[Representation]) -> Representation:
     return out
 
 
+@_picklable
 def grid_representation(group: Group, size: tuple[int, int]) -> Representation:
     """A 90-degree-rotation/mirror group acting on the positions of an ``H x W`` grid (a kernel or
     an image), as a permutation representation: ``(rho(g) K)[p] = K[g^-1 p]``.
