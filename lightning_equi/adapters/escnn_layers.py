@@ -28,7 +28,7 @@ Example:
     >>> net = enn.SequentialModule(enn.R2Conv(it, ot, 5, padding=2), enn.ReLU(ot))
     >>> dense, projection = to_dense(net)
     >>> type(dense[0]).__name__, projection.dim, projection.numel
-    ('DenseR2Conv', 14, 208)
+    ('DenseR2Conv', 52, 208)
     >>> x = it(torch.randn(1, 1, 9, 9))
     >>> torch.allclose(dense(x).tensor, net(x).tensor, atol=1e-6)
     True

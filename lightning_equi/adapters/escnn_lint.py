@@ -14,7 +14,7 @@ Example:
     >>> gs = gspaces.rot2dOnR2(4)
     >>> it, ot = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, [gs.regular_repr])
     >>> net = enn.SequentialModule(enn.R2Conv(it, ot, 3, padding=1, stride=2))
-    >>> msgs = grid_lint(net, (28, 28))
+    >>> msgs = grid_lint(net, (28, 28), warn=False)
     >>> "exact input sizes: 27, 29" in msgs[0]
     True
 """
