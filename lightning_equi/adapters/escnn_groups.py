@@ -39,14 +39,29 @@ INSTALL_HINT = (
 )
 
 
+_PATCHED = False
+
+
 def require_escnn() -> Any:
-    """Import and return the ``escnn`` package, or raise an ImportError saying how to install it."""
+    """Import and return the ``escnn`` package, or raise an ImportError saying how to install it.
+
+    The first call also applies :func:`~lightning_equi.adapters.escnn_compat.patch_escnn_numerics`,
+    so every path that reaches escnn through this package builds dihedral/O(2) bases without
+    scikit-learn's ``randomized_svd`` (which rejects escnn's ``np.matrix`` and draws global random
+    numbers).
+    """
+    global _PATCHED
     try:
         import escnn
         import escnn.group  # noqa: F401
         import escnn.gspaces  # noqa: F401
     except ImportError as err:
         raise ImportError(INSTALL_HINT) from err
+    if not _PATCHED:
+        _PATCHED = True  # first: patch_escnn_numerics calls back into require_escnn
+        from lightning_equi.adapters.escnn_compat import patch_escnn_numerics
+
+        patch_escnn_numerics()
     return escnn
 
 
