@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_equi.actions import Action, ImageAction
-from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
+from lightning_equi.callbacks.equivariant_projection import NO_SPEC_MESSAGE, EquivariantProjection
 from lightning_equi.callbacks.haar_augmentation import make_action
 from lightning_equi.groups import O2, SO2, FiniteGroup, Group
 from lightning_equi.metrics import EquivarianceError
@@ -174,11 +174,11 @@ class EquivarianceMonitor(Callback):
                     "EquivarianceMonitor comes after EquivariantProjection in the callbacks, so it measures "
                     "the gradient after projection (equi/grad_perp_share ~ 0); put the monitor first"
                 )
+        elif self.spec is None and not callable(getattr(pl_module, "symmetry_spec", None)):
+            message = NO_SPEC_MESSAGE.format(who="EquivarianceMonitor", name=type(pl_module).__name__)
+            raise MisconfigurationException(message + " To train without it, leave the monitor out.")
         else:
-            try:
-                self._projection = resolve_spec(pl_module, self.spec)
-            except ValueError as err:
-                raise MisconfigurationException(f"EquivarianceMonitor: {err}") from err
+            self._projection = resolve_spec(pl_module, self.spec)
         group = self._projection.group
         if self.log_functional_error:
             self._act_in = make_action(self.inputs, group)

@@ -21,7 +21,15 @@ from typing_extensions import override
 
 from lightning_equi.subspace.spec import ModelProjection, SymmetrySpec, resolve_spec
 
-__all__ = ["EquivariantProjection"]
+__all__ = ["EquivariantProjection", "NO_SPEC_MESSAGE"]
+
+NO_SPEC_MESSAGE = (
+    "{who} needs the symmetry spec of the model: {name} has no symmetry_spec() method and no spec was "
+    "given. Declare how the group acts on each layer, e.g.\n"
+    "    spec = SymmetrySpec('C4').layers(nn.Conv2d, fields='regular')"
+    ".layer('conv1', 'trivial', 'regular').layer('fc', 'regular', 'trivial')\n"
+    "and pass it as spec=spec, or return it from a method symmetry_spec(self) of the model."
+)
 
 _REPROJECT = ("auto", True, False)
 _SHARDED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
@@ -107,6 +115,10 @@ class EquivariantProjection(Callback):
     def resolve(self, pl_module: LightningModule) -> ModelProjection:
         """Bind the spec to ``pl_module`` once (other callbacks, such as the monitor, share it)."""
         if self._projection is None or self._projection.model is not pl_module:
+            if self.spec is None and not callable(getattr(pl_module, "symmetry_spec", None)):
+                raise MisconfigurationException(
+                    NO_SPEC_MESSAGE.format(who="EquivariantProjection", name=type(pl_module).__name__)
+                )
             self._projection = resolve_spec(pl_module, self.spec)
         return self._projection
 

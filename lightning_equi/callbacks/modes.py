@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_equi.callbacks.equivariance_monitor import EquivarianceMonitor
-from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
+from lightning_equi.callbacks.equivariant_projection import NO_SPEC_MESSAGE, EquivariantProjection
 from lightning_equi.callbacks.haar_augmentation import ActionConfig, HaarAugmentation
 from lightning_equi.groups import Group, get_group
 from lightning_equi.subspace.spec import SymmetrySpec
@@ -117,20 +117,12 @@ def build_callbacks(
         callbacks.append(HaarAugmentation(_name(group), inputs=inputs, targets=targets, **options))
     elif mode == "equi":
         if spec is None and model is not None and not callable(getattr(model, "symmetry_spec", None)):
-            raise MisconfigurationException(_NO_SPEC.format(name=type(model).__name__))
+            raise MisconfigurationException(
+                NO_SPEC_MESSAGE.format(who="mode='equi'", name=type(model).__name__)
+            )
         options = {k: v for k, v in kwargs.items() if k in _EQUI}
         callbacks.append(EquivariantProjection(spec=spec, **options))
     return callbacks
-
-
-_NO_SPEC = (
-    "mode='equi' needs the symmetry spec of the model: {name} has no symmetry_spec() method and no spec was "
-    "given. Declare how the group acts on each layer, e.g.\n"
-    "    spec = SymmetrySpec('C4').layers(nn.Conv2d, fields='regular').layer('conv1', 'trivial', 'regular')"
-    ".layer('fc', 'regular', 'trivial')\n"
-    "and pass build_callbacks('equi', spec=spec), or return it from a method symmetry_spec(self) "
-    "on the model."
-)
 
 
 def _name(group: str | Group) -> str:

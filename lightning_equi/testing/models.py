@@ -7,6 +7,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_equi.groups import get_group
 from lightning_equi.subspace.spec import SymmetrySpec
 
 __all__ = ["BoringEquiModel", "IrrepsEquiModel"]
@@ -111,12 +112,16 @@ class BoringEquiModel(_TinyModule):
 
 
 class IrrepsEquiModel(_TinyModule):
-    """An SO(2)-equivariant MLP on planar points: ``R^2 -> (R^2)^k -> R^2`` through irreps.
+    """An equivariant MLP on planar points ``R^2 -> R^h -> R^2`` whose layers are not permutations.
 
-    Both ``Linear`` layers map between copies of the standard (frequency-1) representation of SO(2),
-    so their equivariant weights are ``2 x 2`` blocks ``a I + b J`` and their biases vanish; the
-    nonlinearity scales each 2-d field by a function of its norm (equivariant). Inputs and targets
-    are ``(B, 1, 2)`` point clouds with ``y = x (1 + |x|^2)``.
+    * ``group="SO2"`` (default): the hidden features are ``fields`` copies of the standard
+      (frequency-1) representation, the nonlinearity scales each 2-d field by a function of its norm,
+      and the equivariant weights are ``2 x 2`` blocks ``a I + b J`` (biases vanish).
+    * a cyclic group such as ``"C3"``: the hidden features are ``fields`` regular fields with a ReLU,
+      and the weights between the standard and the regular representation have entries
+      ``cos(2 pi k / N)``, which an elementwise optimizer such as Adam does not preserve.
+
+    Inputs and targets are ``(B, 1, 2)`` point clouds with ``y = x (1 + |x|^2)``.
 
     Example:
         >>> from lightning_equi.subspace.spec import resolve_spec
@@ -124,20 +129,31 @@ class IrrepsEquiModel(_TinyModule):
         'basis'
     """
 
-    def __init__(self, fields: int = 4, optimizer: str = "adam", lr: float = 0.01, **kwargs) -> None:
+    def __init__(
+        self, group: str = "SO2", fields: int = 4, optimizer: str = "adam", lr: float = 0.01, **kwargs
+    ) -> None:
         super().__init__(optimizer=optimizer, lr=lr, **kwargs)
-        self.fields = fields
-        self.fc1 = nn.Linear(2, 2 * fields)
-        self.fc2 = nn.Linear(2 * fields, 2)
+        self.group, self.fields = group, fields
+        self.width = 2 if group.upper() == "SO2" else get_group(group).order
+        self.fc1 = nn.Linear(2, self.width * fields)
+        self.fc2 = nn.Linear(self.width * fields, 2)
 
     def symmetry_spec(self) -> SymmetrySpec:
-        return SymmetrySpec("SO2").layers(nn.Linear, fields="standard")
+        hidden = "standard" if self.width == 2 else "regular"
+        return (
+            SymmetrySpec(self.group)
+            .layer("fc1", in_fields="standard", out_fields=hidden)
+            .layer("fc2", in_fields=hidden, out_fields="standard")
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc1(x)
-        h = h.unflatten(-1, (self.fields, 2))
-        h = h * torch.sigmoid(h.norm(dim=-1, keepdim=True) - 0.5)
-        return self.fc2(h.flatten(-2))
+        if self.width == 2:
+            h = h.unflatten(-1, (self.fields, 2))
+            h = (h * torch.sigmoid(h.norm(dim=-1, keepdim=True) - 0.5)).flatten(-2)
+        else:
+            h = torch.relu(h)
+        return self.fc2(h)
 
     def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         x = torch.randn(self.hparams.n_samples, 1, 2, generator=generator)
