@@ -1,0 +1,292 @@
+"""EquivarianceMonitor and the EquivarianceError metric."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_equi.callbacks import TAGS, EquivarianceMonitor, EquivariantProjection, build_callbacks
+from lightning_equi.metrics import EquivarianceError, equivariance_error, relative_errors
+from lightning_equi.subspace.spec import SymmetrySpec
+from lightning_equi.testing import BoringEquiModel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        yield
+    torch.set_num_threads(threads)
+
+
+def _fit(tmp_path: Path, model, callbacks, max_steps=4, **kwargs) -> L.Trainer:
+    options = dict(
+        default_root_dir=tmp_path,
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        deterministic=True,
+    )
+    options.update(kwargs)
+    trainer = L.Trainer(callbacks=callbacks, **options)
+    trainer.fit(model)
+    return trainer
+
+
+# ---- the metric ----------------------------------------------------------------------------------
+
+
+def _reference(f_gx, g_fx, fx) -> list[float]:
+    """One sample at a time, in float64, with the plain definition."""
+    out = []
+    for a, b, c in zip(f_gx.double(), g_fx.double(), fx.double(), strict=True):
+        out.append(math.sqrt(float(((a - b) ** 2).sum())) / math.sqrt(float((c**2).sum())))
+    return out
+
+
+def test_metric_matches_a_float64_reference_and_accumulates():
+    gen = torch.Generator().manual_seed(0)
+    fx = torch.randn(10, 3, 2, generator=gen)
+    g_fx = torch.randn(10, 3, 2, generator=gen)
+    f_gx = g_fx + 1e-3 * torch.randn(10, 3, 2, generator=gen)
+    exact = torch.arange(10) % 3 == 0
+    ref = _reference(f_gx, g_fx, fx)
+    assert torch.allclose(relative_errors(f_gx, g_fx, fx), torch.tensor(ref, dtype=torch.float64), rtol=1e-12)
+    metric = EquivarianceError()
+    metric.update(f_gx[:4], g_fx[:4], fx[:4], exact[:4])  # two batches == one
+    metric.update(f_gx[4:], g_fx[4:], fx[4:], exact[4:])
+    out = metric.compute()
+    assert out["total"].dtype == torch.float64
+    assert math.isclose(float(out["total"]), sum(ref) / 10, rel_tol=1e-12)
+    exact_ref = [r for r, e in zip(ref, exact.tolist(), strict=True) if e]
+    inexact_ref = [r for r, e in zip(ref, exact.tolist(), strict=True) if not e]
+    assert math.isclose(float(out["exact"]), sum(exact_ref) / len(exact_ref), rel_tol=1e-12)
+    assert math.isclose(float(out["inexact"]), sum(inexact_ref) / len(inexact_ref), rel_tol=1e-12)
+    functional = equivariance_error(f_gx, g_fx, fx, exact)
+    assert all(torch.allclose(functional[k], out[k]) for k in out)
+
+
+def test_metric_states_merge_by_sum_like_a_distributed_sync():
+    gen = torch.Generator().manual_seed(1)
+    fx, g_fx, f_gx = (torch.randn(6, 4, generator=gen) for _ in range(3))
+    exact = torch.tensor([True, False, True, False, False, True])
+    whole, rank0, rank1 = EquivarianceError(), EquivarianceError(), EquivarianceError()
+    whole.update(f_gx, g_fx, fx, exact)
+    rank0.update(f_gx[:2], g_fx[:2], fx[:2], exact[:2])  # uneven shards
+    rank1.update(f_gx[2:], g_fx[2:], fx[2:], exact[2:])
+    rank0.merge_state(rank1)  # the same reduction (sum) as the sync across ranks
+    assert all(torch.equal(rank0.compute()[k], whole.compute()[k]) for k in ("total", "exact", "inexact"))
+    assert all(getattr(whole, name).dtype == torch.float64 for name in whole._defaults)
+
+
+def test_metric_empty_part_is_nan_and_exact_by_default():
+    metric = EquivarianceError()
+    x = torch.ones(3, 2)
+    metric.update(2 * x, x, x)
+    out = metric.compute()
+    assert float(out["total"]) == 1.0 and float(out["exact"]) == 1.0 and math.isnan(float(out["inexact"]))
+
+
+def test_metric_nan_strategies():
+    x = torch.ones(3, 2)
+    bad = x.clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="1 of 3 samples is not finite"):
+        EquivarianceError().update(bad, x, x)
+    metric = EquivarianceError(nan_strategy="ignore")
+    metric.update(bad, x, x)
+    assert float(metric.compute()["total"]) == 0.0 and float(metric.count_exact) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [(dict(eps=0.0), "Expected `eps` to be a positive float"), (dict(nan_strategy="skip"), "nan_strategy")],
+)
+def test_metric_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EquivarianceError(**kwargs)
+
+
+def test_metric_shape_errors():
+    with pytest.raises(ValueError, match=r"same shape, but got \(2, 3\), \(2, 3\) and \(2, 4\)"):
+        relative_errors(torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 4))
+    with pytest.raises(ValueError, match=r"`exact` to have shape \(2,\)"):
+        EquivarianceError().update(torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3), torch.ones(3).bool())
+
+
+# ---- the monitor in a run ------------------------------------------------------------------------
+
+
+def test_tensorboard_holds_the_documented_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    L.seed_everything(0, verbose=False)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    monitor = EquivarianceMonitor(every_n_steps=2)
+    _fit(tmp_path, BoringEquiModel(), [monitor], max_steps=4, logger=logger)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = set(tags["scalars"])
+    layers = ["net.0", "net.1", "net.3", "net.7", "total"]
+    for prefix in [t.removesuffix("<layer>") for t in TAGS if t.endswith("<layer>")]:
+        assert {prefix + layer for layer in layers} <= scalars, prefix
+    assert {"equi/grad_perp_share", "equi/functional_error"} <= scalars
+    assert not any("functional_error_" in t for t in scalars)  # C4 on a grid: every element is exact
+    assert [e.step for e in acc.Scalars("equi/dist_to_E/total")] == [0, 2, 4]
+    assert "equi/trajectory" in tags["images"]
+    assert "custom_scalars__config__" in tags["tensors"]
+    layout = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    assert b"equi/dist_to_E/.*" in layout and b"equi/functional_error.*" in layout
+
+
+def test_monitor_values_reach_callback_metrics(tmp_path):
+    monitor = EquivarianceMonitor(every_n_steps=2)
+    trainer = _fit(tmp_path, BoringEquiModel(), [monitor], max_steps=4)
+    assert {"equi/dist_to_E/total", "equi/rel_dist_to_E/net.3", "equi/functional_error"} <= set(
+        trainer.callback_metrics
+    )
+
+
+def test_monitor_cadence_and_epoch_ends(tmp_path):
+    monitor = EquivarianceMonitor(every_n_steps=3)
+    _fit(tmp_path, BoringEquiModel(n_samples=40, batch_size=8), [monitor], max_steps=7)  # 5 batches/epoch
+    assert [h["step"] for h in monitor.history] == [0.0, 3.0, 5.0, 6.0, 7.0]
+    assert [h["step"] for h in monitor.history if h.get("epoch_end")] == [5.0, 7.0]
+    first = monitor.history[0]
+    assert first["equi/dist_from_start/total"] == 0.0 and first["equi/dist_to_E/total"] > 0
+
+
+def test_distance_from_start_splits_into_orthogonal_parts(tmp_path):
+    monitor = EquivarianceMonitor(every_n_steps=2, log_functional_error=False)
+    _fit(tmp_path, BoringEquiModel(), [monitor], max_steps=4)
+    last = monitor.history[-1]
+    total, in_e, perp = (last[f"equi/dist_from_start{k}/total"] for k in ("", "_in_E", "_perp"))
+    assert total > 0 and in_e > 0 and perp > 0
+    assert math.isclose(total**2, in_e**2 + perp**2, rel_tol=1e-9)
+
+
+def test_equi_vs_nom_functional_error_and_gradient_share(tmp_path):
+    results = {}
+    for mode in ("equi", "nom"):
+        L.seed_everything(0, verbose=False)
+        callbacks = build_callbacks(mode, every_n_steps=2)
+        _fit(tmp_path, BoringEquiModel(), callbacks, max_steps=4)
+        results[mode] = callbacks[0].history[-1]
+    assert results["equi"]["equi/functional_error"] < 1e-5
+    assert results["nom"]["equi/functional_error"] > 1e-2  # negative control
+    assert results["equi"]["equi/dist_to_E/total"] < 1e-6 and results["nom"]["equi/dist_to_E/total"] > 0.1
+    # the monitor reads the gradient before EquivariantProjection projects it
+    assert results["equi"]["equi/grad_perp_share"] > 0.05 and results["nom"]["equi/grad_perp_share"] > 0.05
+
+
+def test_monitor_after_projection_warns(tmp_path):
+    with pytest.warns(UserWarning, match="comes after EquivariantProjection"):
+        _fit(
+            tmp_path,
+            BoringEquiModel(),
+            [EquivariantProjection(), EquivarianceMonitor(every_n_steps=2)],
+            max_steps=2,
+        )
+
+
+def test_figure_plots_the_history(tmp_path):
+    monitor = EquivarianceMonitor(every_n_steps=1, log_functional_error=False)
+    _fit(tmp_path, BoringEquiModel(), [monitor], max_steps=3)
+    fig = monitor.figure()
+    line = fig.axes[0].lines[0]
+    assert list(line.get_xdata()) == [h["equi/dist_from_start/total"] for h in monitor.history]
+    assert list(line.get_ydata()) == [h["equi/dist_to_E/total"] for h in monitor.history]
+
+
+def test_probe_batch_argument_and_state_round_trip(tmp_path):
+    probe = torch.randn(3, 1, 6, 6)
+    monitor = EquivarianceMonitor(every_n_steps=2, probe_batch=probe)
+    _fit(tmp_path, BoringEquiModel(), [monitor], max_steps=2)
+    state = monitor.state_dict()
+    assert torch.equal(state["probe"]["x"], probe)
+    assert state["probe"]["g"].shape == (12,)  # every element of C4 for each probe sample
+    restored = EquivarianceMonitor()
+    restored.load_state_dict(state)
+    assert restored.history == monitor.history and restored._last_step == 2
+
+
+class _MeanModel(L.LightningModule):
+    """f(x) = w mean(x) + b: SO(2)-invariant up to what rotating a square image moves in or out."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(1, 1)
+
+    def symmetry_spec(self):
+        return SymmetrySpec("SO2").layer("fc", "trivial", "trivial")
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(-2, -1)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(16, 1, 8, 8, generator=gen) + 1.0
+        return DataLoader(TensorDataset(x, torch.randn(16, 1, generator=gen)), batch_size=8)
+
+
+def test_functional_error_splits_exact_and_interpolated_elements(tmp_path):
+    monitor = EquivarianceMonitor(every_n_steps=1, inputs="image")
+    _fit(tmp_path, _MeanModel(), [monitor], max_steps=1)
+    last = monitor.history[-1]
+    assert last["equi/functional_error_exact"] < 1e-6  # quarter turns permute the pixels
+    assert last["equi/functional_error_inexact"] > 1e-3  # other angles interpolate and cut corners
+    assert (
+        last["equi/functional_error_exact"]
+        <= last["equi/functional_error"]
+        <= last["equi/functional_error_inexact"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(every_n_steps=0), r"`every_n_steps` must be an int >= 1, got 0"),
+        (dict(probe_size=-2), r"`probe_size` must be an int >= 1, got -2"),
+        (dict(probe_elements=1.5), r"`probe_elements` must be an int >= 1, got 1.5"),
+        (dict(probe_batch=[1, 2]), r"`probe_batch` must be None, a tensor or a function"),
+        (dict(spec="C4"), r"`spec` must be a SymmetrySpec or None, got str"),
+        (dict(inputs=None), r"log_functional_error=True needs `inputs`"),
+    ],
+)
+def test_monitor_misconfiguration(kwargs, match):
+    with pytest.raises(MisconfigurationException, match=match):
+        EquivarianceMonitor(**kwargs)
+
+
+class _NoSpecModel(BoringEquiModel):
+    symmetry_spec = None
+
+
+def test_monitor_without_spec(tmp_path):
+    with pytest.raises(
+        MisconfigurationException,
+        match=r"(?s)EquivarianceMonitor needs the symmetry spec.*leave the monitor out",
+    ):
+        _fit(tmp_path, _NoSpecModel(), [EquivarianceMonitor()], max_steps=1)
