@@ -116,7 +116,9 @@ def read_idx(path: str | Path) -> Tensor:
     if code in ("B", "b"):
         values = torch.frombuffer(bytearray(raw[offset : offset + count]), dtype=dtype)
     else:
-        values = torch.tensor(struct.unpack(f">{count}{code[1]}", raw[offset : offset + count * struct.calcsize(code)]))
+        values = torch.tensor(
+            struct.unpack(f">{count}{code[1]}", raw[offset : offset + count * struct.calcsize(code)])
+        )
         values = values.to(dtype)
     if values.numel() != count:
         raise ValueError(f"{path} is truncated: header says {dims}, found {values.numel()} values")
@@ -133,7 +135,7 @@ def _find(root: Path, stem: str) -> Path:
 def load_mnist(
     root: str | Path, split: str = "t10k", size: int = 14, limit: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """MNIST from local idx files, resized to ``size x size`` (the paper uses the 10 000 test images at 14 x 14).
+    """MNIST from local idx files, resized to ``size x size`` (the paper: the 10 000 test images, 14 x 14).
 
     Args:
         root: folder holding ``{split}-images-idx3-ubyte[.gz]`` and ``{split}-labels-idx1-ubyte[.gz]``.
@@ -148,7 +150,9 @@ def load_mnist(
     images = read_idx(_find(root, f"{split}-images-idx3-ubyte"))[:limit]
     labels = read_idx(_find(root, f"{split}-labels-idx1-ubyte"))[:limit]
     if images.dim() != 3 or labels.shape[0] != images.shape[0]:
-        raise ValueError(f"MNIST files in {root} hold images {tuple(images.shape)} and labels {tuple(labels.shape)}")
+        raise ValueError(
+            f"MNIST files in {root} hold images {tuple(images.shape)} and labels {tuple(labels.shape)}"
+        )
     x = images.float()[:, None] / 255.0
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="area" if size < x.shape[-1] else "bilinear")
@@ -192,8 +196,8 @@ def shapes(
 
     Returns:
         images ``(N, 1, size, size)`` (anti-aliased coverage in [0, 1]) and masks ``(N, 2, size, size)``
-        (channel 0 triangle, 1 pentagon; pixel centre inside, i.e. coverage >= 1/2): the mask of the absent shape
-        is all zeros.
+        (channel 0 triangle, 1 pentagon; pixel centre inside, i.e. coverage >= 1/2): the mask of the absent
+        shape is all zeros.
 
     Example:
         >>> x, m = shapes(6, size=10, seed=1)

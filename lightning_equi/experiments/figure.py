@@ -89,7 +89,9 @@ def plot_comparison(runs: Sequence[dict], path: str | Path, title: str = "") -> 
         for ax in axes:
             for r in group:
                 t = r["trajectory"]
-                ax.plot(t["distance_from_start"], t["distance_to_E"], alpha=0.15, linewidth=0.8, **STYLE[mode])
+                ax.plot(
+                    t["distance_from_start"], t["distance_to_E"], alpha=0.15, linewidth=0.8, **STYLE[mode]
+                )
             mx, my = median_curve(group)
             ax.plot(mx, my, linewidth=2.4, label=f"{mode} (median of {len(group)})", **STYLE[mode])
         peaks[mode] = (max(mx), max(my))
@@ -119,7 +121,13 @@ def _stats(values: list[float]) -> dict[str, float]:
     if v.numel() == 0:
         return {"median": math.nan, "q25": math.nan, "q75": math.nan, "min": math.nan, "max": math.nan}
     q = torch.quantile(v, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-    return {"median": q[1].item(), "q25": q[0].item(), "q75": q[2].item(), "min": v.min().item(), "max": v.max().item()}
+    return {
+        "median": q[1].item(),
+        "q25": q[0].item(),
+        "q75": q[2].item(),
+        "min": v.min().item(),
+        "max": v.max().item(),
+    }
 
 
 def summary_table(runs: Sequence[dict]) -> list[dict]:
@@ -149,7 +157,9 @@ def format_table(rows: Sequence[dict]) -> str:
             cells.append("-" if math.isnan(med) else f"{med:.3g} [{lo:.3g}, {hi:.3g}]")
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
 
 
 def write_table(rows: Sequence[dict], stem: str | Path) -> tuple[Path, Path]:

@@ -61,7 +61,9 @@ class SymmetricTask(L.LightningModule):
         out = self(x)
         loss = self.loss(out, y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0])
-        self.log("train/accuracy", self.score(out.detach(), y), on_step=False, on_epoch=True, batch_size=x.shape[0])
+        self.log(
+            "train/accuracy", self.score(out.detach(), y), on_step=False, on_epoch=True, batch_size=x.shape[0]
+        )
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -87,7 +89,9 @@ class PermNet(SymmetricTask):
         lr: SGD learning rate.
     """
 
-    def __init__(self, nodes: int = 10, channels: int = 32, pooled: int = 64, head: int = 32, lr: float = 1e-5):
+    def __init__(
+        self, nodes: int = 10, channels: int = 32, pooled: int = 64, head: int = 32, lr: float = 1e-5
+    ):
         super().__init__(lr)
         self.save_hyperparameters()
         self.group = f"S{nodes}"
@@ -135,7 +139,9 @@ class TransNet(SymmetricTask):
         lr: SGD learning rate.
     """
 
-    def __init__(self, size: int = 8, channels: int = 32, pooled: int = 32, classes: int = 10, lr: float = 1e-5):
+    def __init__(
+        self, size: int = 8, channels: int = 32, pooled: int = 32, classes: int = 10, lr: float = 1e-5
+    ):
         super().__init__(lr)
         self.save_hyperparameters()
         self.group = f"T{size}x{size}"
@@ -173,9 +179,9 @@ class TransNet(SymmetricTask):
 class RotNet(SymmetricTask):
     """*Rot*: segmentation of triangles and pentagons, equivariant under quarter turns of the image (D.3).
 
-    ``x - 1/2`` (flattened) -> dense layers ``1 -> c_1 -> ... -> 2`` channels on the pixel grid, each followed
-    by LeakyReLU, C4 rotating every channel's grid -> BatchNorm over the 2 output channels -> 2 mask logits per
-    pixel (sigmoid and binary cross-entropy per mask, summed over the two masks, in the loss).
+    ``x - 1/2`` (flattened) -> dense layers ``1 -> c_1 -> ... -> 2`` channels on the pixel grid, each
+    followed by LeakyReLU, C4 rotating every channel's grid -> BatchNorm over the 2 output channels -> 2 mask
+    logits per pixel (sigmoid and binary cross-entropy per mask, summed over the two masks, in the loss).
 
     Args:
         size: side of the images (must be square; C4 rotates the grid).
@@ -190,7 +196,9 @@ class RotNet(SymmetricTask):
         self.size = size
         widths = [1, *channels, 2]
         p = size * size
-        self.layers = nn.ModuleList(_dense(a * p, b * p) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(
+            _dense(a * p, b * p) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
         self.norm = nn.BatchNorm1d(2)
 
     def forward(self, images: Tensor) -> Tensor:

@@ -1,0 +1,469 @@
+"""The three-mode comparison: train one task as nom, aug and equi for several seeds, then draw and tabulate.
+
+For each seed the model is built and projected onto E once
+(:func:`~lightning_equi.subspace.equivariant_init_`), and all three modes start from that same state. Each
+run trains with its own Lightning ``Trainer``, logs to TensorBoard in ``<out>/<name>/<mode>/seed<k>/`` and
+leaves ``trajectory.json`` (distance to E and distance from the start after every epoch) and
+``result.json`` there. A run whose ``result.json`` says ``"ok"`` is skipped when the comparison is run
+again; a run that raises is recorded as failed (with its traceback in ``error.txt``), reported at the end,
+and retried on the next run.
+
+Protocols (``protocol:`` in the config):
+
+- ``full``, the paper's: gradients accumulated over the whole data set in batches of ``batch_size``, one plain
+  SGD step per epoch; aug makes ``aug_passes`` augmented passes over the data per step (one Haar draw per
+  sample and pass) and averages them;
+- ``minibatch``: shuffled batches of ``batch_size``, one SGD step per batch; aug transforms
+  ``aug_passes`` copies of each batch.
+
+Configs are YAML files (``configs/perm.yaml``, ``trans.yaml``, ``rot.yaml`` are built in). Why not
+LightningCLI: it builds one Trainer and one model per process from one config, while this driver loops over
+modes and seeds, builds the callbacks per mode, shares one initial state across modes and aggregates the
+runs; each run is still an ordinary ``Trainer.fit`` with the module's own hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import logging
+import math
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from lightning_equi.callbacks import build_callbacks
+from lightning_equi.experiments.data import build_dataset
+from lightning_equi.experiments.figure import (
+    format_table,
+    load_runs,
+    plot_comparison,
+    summary_table,
+    write_table,
+)
+from lightning_equi.experiments.models import TASKS, SymmetricTask
+from lightning_equi.metrics import equivariance_error
+from lightning_equi.subspace import ModelProjection, equivariant_init_, total_distance
+
+__all__ = [
+    "DEFAULTS",
+    "load_config",
+    "run_comparison",
+    "report",
+    "train_run",
+    "evaluate",
+    "TrajectoryRecorder",
+    "main",
+]
+
+MODES = ("nom", "aug", "equi")
+PROTOCOLS = ("full", "minibatch")
+
+#: every key a config may set, with its default
+DEFAULTS: dict[str, Any] = {
+    "task": None,  # perm | trans | rot
+    "name": None,  # output folder under out_dir (default: the task)
+    "out_dir": "runs",
+    "modes": list(MODES),
+    "seeds": 3,  # a count (seeds 0 .. n-1) or a list
+    "epochs": 50,
+    "protocol": "full",
+    "batch_size": 100,
+    "lr": 1e-5,
+    "aug_passes": 25,  # augmented passes (full) or copies (minibatch) averaged per step
+    "orbit": False,  # aug over the whole orbit of every sample (finite groups; exact augmented gradient)
+    "preserve_norm": False,  # equivariant_init_: keep each layer's norm after projecting (paper: no)
+    "probe": 256,  # samples for the functional equivariance error in the table
+    "monitor_every_n_steps": 50,  # EquivarianceMonitor: TensorBoard distances every n steps (and every epoch)
+    "accelerator": "cpu",
+    "threads": None,  # torch.set_num_threads for the runs (None: torch's default)
+    "progress_bar": True,
+    "model": {},  # keyword arguments of the task's LightningModule
+    "data": {},  # keyword arguments of the task's data set (see data.build_dataset)
+    "minibatch": {},  # overrides applied with protocol: minibatch
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+
+
+def builtin_config(name: str) -> Path:
+    """The path of a built-in config (``perm``, ``trans``, ``rot``)."""
+    path = Path(str(resources.files("lightning_equi.experiments"))) / "configs" / f"{name}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no built-in config {name!r}; built-in: {sorted(_builtin_names())}")
+    return path
+
+
+def _builtin_names() -> list[str]:
+    folder = Path(str(resources.files("lightning_equi.experiments"))) / "configs"
+    return [p.stem for p in folder.glob("*.yaml")]
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def _dotted(pairs: list[str]) -> dict:
+    """``["model.channels=8", "epochs=5"]`` -> nested dict; values parsed as YAML."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes key=value, got {pair!r}")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def load_config(source: str | Path | dict, overrides: dict | None = None) -> dict:
+    """The full config: defaults, then the YAML file (or built-in name, or dict), then ``overrides``.
+
+    With ``protocol: minibatch`` the config's ``minibatch:`` section is applied last.
+
+    Raises:
+        ValueError: for an unknown key, task, mode or protocol.
+    """
+    if isinstance(source, dict):
+        loaded = source
+    else:
+        path = Path(source)
+        if not path.exists() and path.suffix == "":
+            path = builtin_config(str(source))
+        loaded = yaml.safe_load(path.read_text()) or {}
+    config = _merge(_merge(DEFAULTS, loaded), overrides or {})
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(DEFAULTS)}")
+    if config["protocol"] not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {config['protocol']!r}")
+    if config["protocol"] == "minibatch":
+        config = _merge(config, config["minibatch"])
+    if config["task"] not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {config['task']!r}")
+    bad = [m for m in config["modes"] if m not in MODES]
+    if bad:
+        raise ValueError(f"modes must be among {MODES}, got {bad}")
+    if isinstance(config["seeds"], int):
+        config["seeds"] = list(range(config["seeds"]))
+    config["name"] = config["name"] or config["task"]
+    return config
+
+
+# --------------------------------------------------------------------------------------------------
+# recording
+
+
+class TrajectoryRecorder(Callback):
+    """After every epoch: distance to E, distance from the start (split along E and across it), loss.
+
+    Epoch 0 is the starting point. The series go to ``path`` (JSON), which the figure reads; TensorBoard gets
+    the same distances, per layer, from the EquivarianceMonitor.
+
+    Args:
+        projection: the model's bound symmetry spec.
+        start: the constrained tensors at the start (``projection.snapshot()``).
+        path: where to write the series.
+    """
+
+    def __init__(self, projection: ModelProjection, start: dict[str, torch.Tensor], path: Path) -> None:
+        self.projection, self.start, self.path = projection, start, Path(path)
+        self.series: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "epoch",
+                "distance_to_E",
+                "relative_distance_to_E",
+                "distance_from_start",
+                "in_E",
+                "loss",
+            )
+        }
+
+    def _record(self, epoch: int, loss: float) -> None:
+        moved = self.projection.distances_from(self.start)
+        point = {
+            "epoch": epoch,
+            "distance_to_E": float(self.projection.total_distance()),
+            "relative_distance_to_E": float(self.projection.relative_total_distance()),
+            "distance_from_start": float(total_distance(moved["total"])),
+            "in_E": float(total_distance(moved["in_E"])),
+            "loss": loss,
+        }
+        for key, value in point.items():
+            self.series[key].append(value)
+        self.path.write_text(json.dumps(self.series))
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.series["epoch"]:
+            self._record(0, math.nan)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        self._record(trainer.current_epoch + 1, math.nan if loss is None else float(loss))
+
+
+# --------------------------------------------------------------------------------------------------
+# one run
+
+
+def _callbacks(config: dict, mode: str, model: SymmetricTask, seed: int) -> list[Callback]:
+    """The mode's callbacks (with an EquivarianceMonitor logging per-layer distances to TensorBoard)."""
+    inputs, targets = model.data_actions()
+    options: dict[str, Any] = {"every_n_steps": int(config["monitor_every_n_steps"]), "seed": seed}
+    if mode == "aug":
+        orbit = bool(config["orbit"])
+        copies = 1 if config["protocol"] == "full" or orbit else int(config["aug_passes"])
+        options.update(copies=copies, orbit=orbit)
+    return build_callbacks(
+        mode, spec=model.symmetry_spec(), inputs=inputs, targets=targets, monitor=True, model=model, **options
+    )
+
+
+def _loader(config: dict, dataset: Dataset, mode: str) -> tuple[DataLoader, int]:
+    """The training loader and ``accumulate_grad_batches`` for the protocol."""
+    n, batch = len(dataset), int(config["batch_size"])
+    if config["protocol"] == "minibatch":
+        generator = torch.Generator().manual_seed(0)
+        return DataLoader(dataset, batch_size=batch, shuffle=True, generator=generator), 1
+    if n % batch:
+        raise ValueError(
+            f"protocol 'full' averages the gradient over the whole data set in equal batches, but batch_size "
+            f"{batch} does not divide the {n} samples; choose a divisor of {n}"
+        )
+    passes = int(config["aug_passes"]) if mode == "aug" and not config["orbit"] else 1
+    data = ConcatDataset([dataset] * passes) if passes > 1 else dataset
+    return DataLoader(data, batch_size=batch, shuffle=False), passes * n // batch
+
+
+@torch.no_grad()
+def evaluate(
+    model: SymmetricTask, dataset: Dataset, probe: int, seed: int, batch: int = 512
+) -> dict[str, float]:
+    """Loss and score over ``dataset``; the functional equivariance error on its first ``probe`` samples."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch)
+    loss = score = 0.0
+    for x, y in loader:
+        out = model(x)
+        loss += float(model.loss(out, y)) * len(x)
+        score += float(model.score(out, y)) * len(x)
+    x, _ = next(iter(DataLoader(dataset, batch_size=probe)))
+    in_action, out_action = model.data_actions()[0], model.output_action()
+    g = in_action.group.sample(len(x), generator=torch.Generator().manual_seed(seed))
+    fx = model(x)
+    gfx = fx if out_action is None else out_action(g, fx)
+    error = equivariance_error(model(in_action(g, x)), gfx, fx)["total"]
+    model.train()
+    n = len(dataset)
+    return {"loss": loss / n, "accuracy": score / n, "equivariance_error": float(error)}
+
+
+def train_run(
+    config: dict, mode: str, seed: int, start: dict[str, torch.Tensor], dataset: Dataset, run_dir: Path
+) -> dict:
+    """Train one mode from the state ``start`` and return its ``result.json`` content."""
+    model = build_model(config)
+    model.load_state_dict(start)
+    projection = equivariant_init_(model, model.symmetry_spec())  # already in E: binds, changes nothing
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recorder = TrajectoryRecorder(projection, projection.snapshot(), run_dir / "trajectory.json")
+    loader, accumulate = _loader(config, dataset, mode)
+    logger = TensorBoardLogger(
+        save_dir=str(run_dir.parent), name="", version=run_dir.name, default_hp_metric=False
+    )
+    logger.log_hyperparams({"mode": mode, "seed": seed, "protocol": config["protocol"], "lr": config["lr"]})
+    trainer = Trainer(
+        max_epochs=int(config["epochs"]),
+        accelerator=config["accelerator"],
+        devices=1,
+        logger=logger,
+        callbacks=[*_callbacks(config, mode, model, seed), recorder],
+        accumulate_grad_batches=accumulate,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=bool(config["progress_bar"]),
+        num_sanity_val_steps=0,
+    )
+    started = time.perf_counter()
+    trainer.fit(model, loader)
+    model.cpu()
+    last = {k: v[-1] for k, v in recorder.series.items()}
+    return {
+        "status": "ok",
+        "task": config["task"],
+        "mode": mode,
+        "seed": seed,
+        "epochs": int(config["epochs"]),
+        "seconds": time.perf_counter() - started,
+        "distance_to_E": last["distance_to_E"],
+        "relative_distance_to_E": last["relative_distance_to_E"],
+        "distance_from_start": last["distance_from_start"],
+        **evaluate(model, dataset, int(config["probe"]), seed),
+    }
+
+
+def build_model(config: dict) -> SymmetricTask:
+    """The task's LightningModule with the config's ``model:`` arguments and ``lr``."""
+    return TASKS[config["task"]](**config["model"], lr=float(config["lr"]))
+
+
+def initial_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    """The seed's equivariant starting point, shared by all modes: default init drawn from ``seed``, then
+    projected onto E."""
+    torch.manual_seed(seed)
+    model = build_model(config)
+    equivariant_init_(model, model.symmetry_spec(), preserve_norm=bool(config["preserve_norm"]))
+    return copy.deepcopy(model.state_dict())
+
+
+# --------------------------------------------------------------------------------------------------
+# the comparison
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Lightning's per-run banners and the warnings that do not apply here (tiny in-memory data)."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def run_comparison(config: dict, echo=print) -> dict:
+    """Train every mode and seed of ``config`` (skipping finished runs), then write the figure and table.
+
+    Returns:
+        ``{"root", "figure", "table_csv", "table_json", "rows", "failed"}``; ``failed`` lists the runs that
+        raised, as ``(mode, seed, error)``.
+    """
+    root = Path(config["out_dir"]) / config["name"]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if config["threads"]:
+        torch.set_num_threads(int(config["threads"]))
+    dataset = build_dataset(config["task"], **copy.deepcopy(config["data"]))
+    total, done, failed = len(config["seeds"]) * len(config["modes"]), 0, []
+    for seed in config["seeds"]:
+        start = None
+        for mode in config["modes"]:
+            done += 1
+            run_dir = root / mode / f"seed{seed}"
+            result_path = run_dir / "result.json"
+            tag = f"[{done}/{total}] {config['name']} {mode:<4} seed {seed}"
+            if result_path.exists() and json.loads(result_path.read_text()).get("status") == "ok":
+                echo(f"{tag}: finished before, skipped")
+                continue
+            try:
+                start = start if start is not None else initial_state(config, seed)
+                with _quiet():
+                    result = train_run(config, mode, seed, start, dataset, run_dir)
+                (run_dir / "error.txt").unlink(missing_ok=True)
+                echo(
+                    f"{tag}: distance to E {result['distance_to_E']:.3e}, from start "
+                    f"{result['distance_from_start']:.3e}, loss {result['loss']:.4f}, "
+                    f"accuracy {result['accuracy']:.3f} ({result['seconds']:.1f} s)"
+                )
+            except Exception as err:  # a failed run is recorded and reported, and the others go on
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.txt").write_text(traceback.format_exc())
+                result = {
+                    "status": "failed",
+                    "task": config["task"],
+                    "mode": mode,
+                    "seed": seed,
+                    "error": repr(err),
+                }
+                failed.append((mode, seed, repr(err)))
+                echo(f"{tag}: FAILED: {err!r} (traceback in {run_dir / 'error.txt'})")
+            result_path.write_text(json.dumps(result, indent=2))
+    runs = [r for r in load_runs(root) if r["mode"] in config["modes"] and r["seed"] in config["seeds"]]
+    title = (
+        f"{config['name']}: {config['protocol']} protocol, lr {config['lr']:g}, {len(config['seeds'])} seeds"
+    )
+    figure = plot_comparison(runs, root / "figure.png", title=title)
+    rows = summary_table(runs)
+    table_csv, table_json = write_table(rows, root / "table")
+    echo("\n" + format_table(rows))
+    return {
+        "root": root,
+        "figure": figure,
+        "table_csv": table_csv,
+        "table_json": table_json,
+        "rows": rows,
+        "failed": failed,
+    }
+
+
+def report(outcome: dict, echo=print) -> None:
+    """Say where the figure, table and logs are, how to open TensorBoard, and which runs failed."""
+    root = outcome["root"]
+    echo(f"\nfigure:      {outcome['figure']}")
+    echo(f"table:       {outcome['table_csv']}  (and {outcome['table_json'].name})")
+    echo(f"TensorBoard: {root}/<mode>/seed<k>/   open with:  tensorboard --logdir {root}")
+    if outcome["failed"]:
+        echo(f"\n{len(outcome['failed'])} run(s) FAILED (re-running retries them):")
+        for mode, seed, error in outcome["failed"]:
+            echo(f"  {mode} seed {seed}: {error}  -> {root / mode / f'seed{seed}' / 'error.txt'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``lightning-equi-compare``."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-equi-compare",
+        description="Train a task as nom, aug and equi for several seeds; draw the paper's Figure 1.",
+    )
+    parser.add_argument(
+        "config", help=f"a YAML config, or a built-in one: {', '.join(sorted(_builtin_names()))}"
+    )
+    parser.add_argument("--seeds", type=int, help="number of seeds (0 .. n-1)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--protocol", choices=PROTOCOLS)
+    parser.add_argument("--out-dir", help="root folder of the runs (default: runs)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. model.channels=8"
+    )
+    args = parser.parse_args(argv)
+    overrides = _dotted(args.set)
+    for key in ("seeds", "epochs", "protocol", "out_dir"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    outcome = run_comparison(load_config(args.config, overrides))
+    report(outcome)
+    return 1 if outcome["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
