@@ -411,3 +411,75 @@ def test_augmentation_refuses_a_batch_it_cannot_write_back():
     aug = _setup(HaarAugmentation("C4", inputs={"x": "image"}, seed=0))
     with pytest.raises((TypeError, ValueError)):
         aug.on_train_batch_start(None, None, Batch(torch.randn(2, 1, 4, 4)), 0)
+
+
+# ---- DDP on CPU (2 processes, gloo), launched as a script ----------------------------------------
+
+_DDP_SCRIPT = '''
+import json, sys, warnings
+import torch, lightning as L
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)
+from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection, HaarAugmentation
+from lightning_equi.subspace.spec import resolve_spec
+from lightning_equi.testing import BoringEquiModel
+
+class FirstDraws(L.Callback):
+    """Records the augmentation's generator state before the first batch is transformed."""
+    def __init__(self, aug):
+        self.aug, self.state = aug, None
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.state is None:
+            self.state = self.aug.generator.get_state().tolist()
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    L.seed_everything(0, verbose=False)
+    aug = HaarAugmentation("C4", seed=3)
+    monitor = EquivarianceMonitor(every_n_steps=2)
+    first = FirstDraws(aug)
+    trainer = L.Trainer(
+        strategy="ddp", accelerator="cpu", devices=2, max_steps=6, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, default_root_dir=out,
+        callbacks=[first, monitor, aug, EquivariantProjection()],
+    )
+    model = BoringEquiModel(optimizer="adam", lr=0.01, n_samples=64, batch_size=8)
+    trainer.fit(model)
+    trainer.save_checkpoint(out + "/ddp.ckpt")  # all ranks: the generator states are gathered
+    rank = trainer.global_rank
+    result = {
+        "rank": rank,
+        "rel_dist": float(resolve_spec(model).relative_total_distance()),
+        "history": monitor.history,
+        "first_state": first.state,
+        "weight_sum": float(model.net[3].weight.double().sum()),
+    }
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump(result, f)
+'''
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_run.py"
+    script.write_text(_DDP_SCRIPT)
+    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["rel_dist"] < 1e-6 and r1["rel_dist"] < 1e-6  # equi stays in E
+    assert r0["weight_sum"] == r1["weight_sum"]  # DDP kept the replicas identical
+    assert r0["first_state"] != r1["first_state"]  # each rank its own Haar stream (seed + rank)
+    assert r0["history"] == r1["history"]  # logged metrics agree (functional error summed over ranks)
+    assert [h["step"] for h in r0["history"]] == [0.0, 2.0, 4.0, 6.0]
+    ckpt = torch.load(tmp_path / "ddp.ckpt", weights_only=False)
+    states = next(v for k, v in ckpt["callbacks"].items() if k.startswith("HaarAugmentation"))[
+        "generator_states"
+    ]
+    assert len(states) == 2 and not torch.equal(states[0], states[1])
