@@ -162,6 +162,7 @@ class EquivarianceMonitor(Callback):
 
     @property
     def projection(self) -> ModelProjection | None:
+        """The :class:`~lightning_equi.subspace.spec.ModelProjection` measured (set at fit start)."""
         return self._projection
 
     @override
@@ -205,7 +206,15 @@ class EquivarianceMonitor(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self.log_functional_error and self._probe is None:
-            self._set_probe(trainer, batch if isinstance(batch, Tensor) else batch[0])
+            if isinstance(batch, Tensor):
+                self._set_probe(trainer, batch)
+            elif isinstance(batch, (list, tuple)) and batch:
+                self._set_probe(trainer, batch[0])
+            else:
+                raise MisconfigurationException(
+                    f"EquivarianceMonitor takes its probe from entry 0 of a tuple/list batch, but the batch "
+                    f"is a {type(batch).__name__}: pass probe_batch=<inputs tensor or function>"
+                )
 
     @override
     def on_before_optimizer_step(

@@ -170,8 +170,7 @@ class HaarAugmentation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._trainer = trainer
         if self._generator is None:
-            base = self.seed if self.seed is not None else torch.initial_seed()
-            self._generator = torch.Generator().manual_seed(int(base) + trainer.global_rank)
+            self._generator = self._make_generator(trainer.global_rank)
         self._apply_pending_state(trainer)
 
     @override
@@ -183,8 +182,8 @@ class HaarAugmentation(Callback):
 
     def transform(self, batch: Any) -> Any:
         """The augmented batch (a new object; the callback writes it back into ``batch``)."""
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
+        if self._generator is None:  # used outside a Trainer
+            self._generator = self._make_generator(0)
         n = self.action.batch_size(batch)
         device = _first_device(batch)
         if self.orbit:
@@ -199,6 +198,10 @@ class HaarAugmentation(Callback):
         if k > 1:
             batch = _repeat(batch, n, k)
         return self.action(g, batch)
+
+    def _make_generator(self, rank: int) -> torch.Generator:
+        base = self.seed if self.seed is not None else torch.initial_seed()
+        return torch.Generator().manual_seed(int(base) + rank)
 
     def _batch_action(self, inputs: ActionConfig, targets: ActionConfig) -> BatchAction:
         entries: dict[Any, Action | None] = {}
