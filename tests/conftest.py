@@ -10,8 +10,11 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _seed_and_dtype() -> Iterator[None]:
-    """Seed torch's global RNG and restore the default dtype a test may have changed."""
-    dtype = torch.get_default_dtype()
+    """Seed torch's global RNG, use one thread, and restore what a test may have changed."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.manual_seed(0)
+    # Tiny test models run fastest on one thread, and a loaded 2-core machine oversubscribes otherwise.
+    torch.set_num_threads(1)
     yield
     torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
