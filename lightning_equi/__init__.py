@@ -74,6 +74,11 @@ _LAZY = {
         ],
         "lightning_equi.subspace",
     ),
+    **dict.fromkeys(
+        ["HaarAugmentation", "EquivariantProjection", "EquivarianceMonitor", "build_callbacks", "MODES"],
+        "lightning_equi.callbacks",
+    ),
+    "EquivarianceError": "lightning_equi.metrics",
 }
 
 __all__ = sorted(_LAZY)
