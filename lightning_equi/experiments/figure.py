@@ -72,8 +72,9 @@ def median_curve(runs: Sequence[dict], x: str = "distance_from_start", y: str = 
 def plot_comparison(runs: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Distance to E against distance from the start, one colour per mode, faint runs and bold medians.
 
-    The left panel is scaled to Nom's median, the right one zoomed to Aug's median (the paper's Figure 1).
-    Returns the path written (PNG).
+    The left panel is scaled to the largest median, the right one zoomed to Aug's median (the paper's
+    Figure 1). The plotted medians are also written next to the PNG (same stem, ``.json``: per mode
+    ``runs``, ``median_x``, ``median_y``). Returns the path of the PNG.
     """
     import matplotlib
 
@@ -82,19 +83,21 @@ def plot_comparison(runs: Sequence[dict], path: str | Path, title: str = "") -> 
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     peaks: dict[str, tuple[float, float]] = {}
+    series: dict[str, dict] = {}
     for mode in MODES:
         group = _finished(runs, mode)
         if not group:
             continue
+        mx, my = median_curve(group)
         for ax in axes:
             for r in group:
                 t = r["trajectory"]
                 ax.plot(
                     t["distance_from_start"], t["distance_to_E"], alpha=0.15, linewidth=0.8, **STYLE[mode]
                 )
-            mx, my = median_curve(group)
             ax.plot(mx, my, linewidth=2.4, label=f"{mode} (median of {len(group)})", **STYLE[mode])
         peaks[mode] = (max(mx), max(my))
+        series[mode] = {"runs": len(group), "median_x": mx, "median_y": my}
     if peaks:
         x_max = 1.1 * max(p[0] for p in peaks.values()) or 1.0
         y_full = 1.1 * max(p[1] for p in peaks.values()) or 1.0
@@ -113,6 +116,7 @@ def plot_comparison(runs: Sequence[dict], path: str | Path, title: str = "") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
+    path.with_suffix(".json").write_text(json.dumps(series))
     return path
 
 

@@ -59,6 +59,8 @@ from lightning_equi.metrics import equivariance_error
 from lightning_equi.subspace import ModelProjection, equivariant_init_, total_distance
 
 __all__ = [
+    "parse_overrides",
+    "merge_config",
     "DEFAULTS",
     "load_config",
     "run_comparison",
@@ -114,16 +116,19 @@ def _builtin_names() -> list[str]:
     return [p.stem for p in folder.glob("*.yaml")]
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_config(base: dict, extra: dict) -> dict:
+    """``base`` updated by ``extra``, nested dicts merged key by key (neither is modified)."""
     out = copy.deepcopy(base)
     for key, value in extra.items():
         out[key] = (
-            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+            merge_config(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
         )
     return out
 
 
-def _dotted(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
     """``["model.channels=8", "epochs=5"]`` -> nested dict; values parsed as YAML."""
     out: dict = {}
     for pair in pairs:
@@ -153,14 +158,14 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
         if not path.exists() and path.suffix == "":
             path = builtin_config(str(source))
         loaded = yaml.safe_load(path.read_text()) or {}
-    config = _merge(_merge(DEFAULTS, loaded), overrides or {})
+    config = merge_config(merge_config(DEFAULTS, loaded), overrides or {})
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(DEFAULTS)}")
     if config["protocol"] not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {config['protocol']!r}")
     if config["protocol"] == "minibatch":
-        config = _merge(config, config["minibatch"])
+        config = merge_config(config, config["minibatch"])
     if config["task"] not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {config['task']!r}")
     bad = [m for m in config["modes"] if m not in MODES]
@@ -456,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. model.channels=8"
     )
     args = parser.parse_args(argv)
-    overrides = _dotted(args.set)
+    overrides = parse_overrides(args.set)
     for key in ("seeds", "epochs", "protocol", "out_dir"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
