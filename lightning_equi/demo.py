@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key")
     args = parser.parse_args(argv)
-    overrides = {**DEMOS[args.task], "name": f"demo-{args.task}", "out_dir": args.out_dir}
+    # one BLAS thread: the layers are small, and extra threads only contend on a 2-core machine
+    overrides = {**DEMOS[args.task], "name": f"demo-{args.task}", "out_dir": args.out_dir, "threads": 1}
     for key in ("seeds", "epochs"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)

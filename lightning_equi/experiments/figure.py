@@ -92,9 +92,8 @@ def plot_comparison(runs: Sequence[dict], path: str | Path, title: str = "") -> 
         for ax in axes:
             for r in group:
                 t = r["trajectory"]
-                ax.plot(
-                    t["distance_from_start"], t["distance_to_E"], alpha=0.15, linewidth=0.8, **STYLE[mode]
-                )
+                faint = {"color": STYLE[mode]["color"], "alpha": 0.25, "linewidth": 0.8}
+                ax.plot(t["distance_from_start"], t["distance_to_E"], **faint)
             ax.plot(mx, my, linewidth=2.4, label=f"{mode} (median of {len(group)})", **STYLE[mode])
         peaks[mode] = (max(mx), max(my))
         series[mode] = {"runs": len(group), "median_x": mx, "median_y": my}
@@ -109,6 +108,7 @@ def plot_comparison(runs: Sequence[dict], path: str | Path, title: str = "") -> 
             ax.set_xlabel(r"distance from the start $\Vert A - A_0 \Vert$")
             ax.set_ylabel(r"distance to E $\Vert A - \Pi_E A \Vert$")
             ax.grid(alpha=0.3)
+            ax.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
         axes[0].legend(loc="upper left")
     if title:
         fig.suptitle(title)

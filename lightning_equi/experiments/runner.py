@@ -415,9 +415,8 @@ def run_comparison(config: dict, echo=print) -> dict:
                 echo(f"{tag}: FAILED: {err!r} (traceback in {run_dir / 'error.txt'})")
             result_path.write_text(json.dumps(result, indent=2))
     runs = [r for r in load_runs(root) if r["mode"] in config["modes"] and r["seed"] in config["seeds"]]
-    title = (
-        f"{config['name']}: {config['protocol']} protocol, lr {config['lr']:g}, {len(config['seeds'])} seeds"
-    )
+    seeds = len(config["seeds"])
+    title = f"{config['name']}: {config['protocol']} protocol, lr {config['lr']:g}, {seeds} seed(s)"
     figure = plot_comparison(runs, root / "figure.png", title=title)
     rows = summary_table(runs)
     table_csv, table_json = write_table(rows, root / "table")
