@@ -3,19 +3,17 @@
 :class:`EquiCLI` is a :class:`~lightning.pytorch.cli.LightningCLI` with a few more options at the top
 level of each subcommand (next to ``trainer``, ``model`` and ``data``):
 
-==========================  ==================================================================
-``--mode``                  ``nom`` (default), ``aug`` or ``equi`` (:data:`~lightning_equi.callbacks.MODES`)
-``--group``                 the group, e.g. ``C4``; default: the group of the model's ``symmetry_spec()``
-``--inputs``                the action on the inputs (``image``, ``points``, ``set``, ``graph``, ``image:regular``,
-                            or ``{batch key: action}``); default ``image``
-``--targets``               the action on the targets; default ``null`` (invariant targets)
-``--monitor``               add an :class:`~lightning_equi.callbacks.EquivarianceMonitor`; default: when the model
-                            has a ``symmetry_spec()``
-``--monitor_every_n_steps`` the monitor's logging period (default 50)
-``--seed_aug``              seed of the Haar sampler (default: from ``--seed_everything``)
-``--mode_options``          any other option of :func:`~lightning_equi.callbacks.build_callbacks`, as a dict
-                            (``{copies: 4}``, ``{orbit: true}``, ``{reproject_weights: true}``, ...)
-==========================  ==================================================================
+* ``--mode``: ``nom`` (default), ``aug`` or ``equi`` (:data:`~lightning_equi.callbacks.MODES`);
+* ``--group``: the group, e.g. ``C4``; default: the group of the model's ``symmetry_spec()``;
+* ``--inputs``: the action on the inputs: ``image`` (default), ``points``, ``set``, ``graph``,
+  ``<name>:<fields>`` such as ``image:regular``, or ``{batch key: action}``;
+* ``--targets``: the action on the targets; default ``null`` (invariant targets);
+* ``--monitor``: add an :class:`~lightning_equi.callbacks.EquivarianceMonitor`; default: when the
+  model has a ``symmetry_spec()``;
+* ``--monitor_every_n_steps``: the monitor's logging period (default 50);
+* ``--seed_aug``: seed of the Haar sampler (default: from ``--seed_everything``);
+* ``--mode_options``: any other option of :func:`~lightning_equi.callbacks.build_callbacks`, as a
+  dict: ``{copies: 4}``, ``{orbit: true}``, ``{reproject_weights: true}``, ...
 
 The mode's callbacks are built once the model exists and are added to those configured under
 ``trainer.callbacks`` (which are kept), before the Trainer is created, so the Trainer orders them
@@ -29,8 +27,8 @@ Example (shell)::
     lightning-equi fit --config examples/configs/boring_equi.yaml --mode aug
 
 Example (Python):
-    >>> cli = EquiCLI(args=["--model", "lightning_equi.testing.BoringEquiModel", "--mode", "equi",
-    ...                     "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"], run=False)
+    >>> args = ["--model", "lightning_equi.testing.BoringEquiModel", "--mode", "equi"]
+    >>> cli = EquiCLI(args=[*args, "--trainer.logger", "false"], run=False)
     >>> [type(cb).__name__ for cb in cli.mode_callbacks]
     ['EquivarianceMonitor', 'EquivariantProjection']
 """
@@ -112,8 +110,8 @@ class EquiCLI(LightningCLI):
             "--inputs",
             type=ActionArg,
             default=MODE_OPTIONS["inputs"],
-            help="How the group acts on the inputs: image, points, set, graph (optionally '<name>:<fields>'), "
-            "or {batch key: action}.",
+            help="How the group acts on the inputs: image, points, set, graph (optionally "
+            "'<name>:<fields>'), or {batch key: action}.",
         )
         parser.add_argument(
             "--targets",
