@@ -8,15 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.callbacks import LearningRateMonitor
 
-pytest.importorskip("jsonargparse", reason="LightningCLI needs jsonargparse[signatures]")
-
-from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
-
-import lightning_equi.cli  # noqa: E402
-from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection, HaarAugmentation  # noqa: E402
-from lightning_equi.cli import EquiCLI, ModeConfigError, main  # noqa: E402
-from lightning_equi.subspace.spec import resolve_spec  # noqa: E402
+import lightning_equi.cli
+from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection, HaarAugmentation
+from lightning_equi.cli import EquiCLI, ModeConfigError, main
+from lightning_equi.subspace.spec import resolve_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "configs" / "boring_equi.yaml"
