@@ -1,0 +1,256 @@
+"""Dense-equi against escnn-native (issue 7, item 4; issue 5's set-up and memory limits).
+
+* Training step (forward + backward + SGD step, batch 64 of 1x29x29) of one steerable CNN in escnn's
+  own parameterisation (the basis is expanded at every training forward) against the dense weights
+  of :func:`~lightning_equi.adapters.escnn_layers.to_dense` with the gradient projected onto E before
+  the step and the weights re-projected after it. ``subspace="basis"`` gives the same function class
+  as escnn; for C4 the default ``"grid"`` E (larger) is timed too. The plain dense step (no
+  projection) is the floor.
+* Set-up: escnn's construction of the model against ``to_dense`` (dense copy + every projector), with
+  the in-memory basis caches of escnn and of the adapters emptied before each build (escnn's joblib
+  disk cache stays warm). Issue 5 asks ``to_dense <= 2x`` escnn's construction.
+* Memory of the projector of a C8 64->64-channel 5x5 layer: what it stores, and the peak working
+  memory of one projection (issue 5: below 10x the layer's own size).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Table, median_time  # noqa: E402
+
+BATCH, SIZE = 64, 29
+
+
+class SteerableNet(nn.Module):
+    """escnn.md's speed network: R2Conv k7, k5, k5, k3 (4, 8, 8, 8 regular fields), inner batch norm,
+    ReLU, max pooling twice, group pooling, spatial mean, a linear head."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        from escnn import gspaces
+        from escnn import nn as enn
+
+        gs = gspaces.rot2dOnR2(n)
+        self.in_type = enn.FieldType(gs, [gs.trivial_repr])
+        blocks: list[nn.Module] = []
+        prev = self.in_type
+        for i, (fields, k) in enumerate(zip((4, 8, 8, 8), (7, 5, 5, 3), strict=True)):
+            ft = enn.FieldType(gs, fields * [gs.regular_repr])
+            blocks += [enn.R2Conv(prev, ft, k, padding=k // 2), enn.InnerBatchNorm(ft), enn.ReLU(ft)]
+            if i in (1, 2):
+                blocks.append(enn.PointwiseMaxPool2D(ft, 2))
+            prev = ft
+        blocks.append(enn.GroupPooling(prev))
+        self.features = enn.SequentialModule(*blocks)
+        self.head = nn.Linear(self.features.out_type.size, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(self.in_type(x)).tensor.mean(dim=(-2, -1)))
+
+
+def _example_model() -> nn.Module:
+    """The steerable CNN of ``examples/escnn_digits.py`` (C4)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from escnn_digits import SteerableCNN
+
+    return SteerableCNN("C4")
+
+
+def _train_step(model: nn.Module, x: Tensor, y: Tensor, projection: Any = None) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        if projection is not None:
+            projection.project_gradients_()
+        opt.step()
+        if projection is not None:
+            projection.project_parameters_()
+
+    return step
+
+
+def _clear_basis_caches() -> None:
+    """Forget the bases built so far in this process, so the next build is a first build."""
+    from escnn.nn.modules.basismanager import basisexpansion_singleblock, basissampler_singleblock
+
+    from lightning_equi.adapters import escnn_layers
+
+    basisexpansion_singleblock._stored_filters.clear()
+    basissampler_singleblock._stored_filters.clear()
+    escnn_layers._PROJECTORS.clear()
+    escnn_layers._BASES.clear()
+
+
+def _setup_times(build: Callable[[], nn.Module], repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of escnn's construction and of ``to_dense`` (each after emptying the caches)."""
+    from lightning_equi.adapters import to_dense
+
+    t_escnn, t_dense = [], []
+    build()  # groups, irreps, disk cache: one-time costs outside both measurements
+    for _ in range(repeats):
+        _clear_basis_caches()
+        start = time.perf_counter()
+        model = build()
+        t_escnn.append(time.perf_counter() - start)
+        _clear_basis_caches()
+        start = time.perf_counter()
+        to_dense(model, invariant=["head"])
+        t_dense.append(time.perf_counter() - start)
+    return sorted(t_escnn)[repeats // 2], sorted(t_dense)[repeats // 2]
+
+
+class _PeakMemory(TorchDispatchMode):
+    """Peak bytes of tensor storages allocated by torch ops while active (each storage counted once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live, self.peak, self._seen = 0, 0, {}
+
+    def _free(self, ptr: int, nbytes: int) -> None:
+        self._seen.pop(ptr, None)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, Tensor):
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if ptr and ptr not in self._seen:
+                    self._seen[ptr] = storage.nbytes()
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, ptr, storage.nbytes())
+        return out
+
+
+def _stored_bytes(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes of the distinct tensor storages reachable from ``obj``'s attributes (lists, dicts, tuples)."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, Tensor):
+        storage = obj.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+    if isinstance(obj, dict):
+        return sum(_stored_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_stored_bytes(v, seen) for v in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return sum(_stored_bytes(v, seen) for v in vars(obj).values())
+    return 0
+
+
+def _memory_rows(table: Table) -> None:
+    from escnn import gspaces
+    from escnn import nn as enn
+
+    from lightning_equi.adapters import to_dense
+
+    gs = gspaces.rot2dOnR2(8)
+    ft = enn.FieldType(gs, 8 * [gs.regular_repr])
+    conv = enn.R2Conv(ft, ft, 5, padding=2, initialize=False)
+    _, projection = to_dense(enn.SequentialModule(conv))
+    proj = projection.entries[0].projector
+    w = torch.randn(proj.shape)
+    layer = w.numel() * w.element_size()
+    proj.project(w)  # builds the float32 copies it keeps
+    with _PeakMemory() as mem:
+        out = proj.project(w)
+    del out
+    stored = _stored_bytes(proj)
+    dense_p = w.numel() ** 2 * w.element_size()
+    t = median_time(lambda: proj.project_(w), repeats=20)
+    table.notes.append(
+        f"projector of a C8 64->64 5x5 layer ({w.numel()} weights, {layer / 1024:.0f} KiB, "
+        f"dim E {proj.dim}): "
+        f"stores {stored / 1024:.0f} KiB ({stored / layer:.2f}x the layer), peak working memory of one "
+        f"projection {mem.peak / 1024:.0f} KiB ({mem.peak / layer:.2f}x; issue 5 limit 10x), "
+        f"{1e3 * t:.2f} ms per projection; a dense P x P matrix would take {dense_p / 2**30:.0f} GiB"
+    )
+
+
+def bench_escnn(repeats: int = 10) -> Table:
+    """Step time of dense-equi against escnn-native, set-up time, and projector memory."""
+    from lightning_equi.adapters import to_dense
+
+    table = Table(
+        "Dense weights + projection against escnn's basis expansion "
+        f"(training step, batch {BATCH}x1x{SIZE}x{SIZE})",
+        [
+            "model",
+            "E",
+            "dim E / dense",
+            "escnn step (ms)",
+            "dense step (ms)",
+            "dense + projection (ms)",
+            "equi / escnn",
+            "equi / dense",
+        ],
+        notes=[
+            "step = forward + backward + SGD (momentum) step; escnn: coefficients, basis expanded every "
+            "forward; dense: the filters of to_dense, no projection (the floor); dense + projection: "
+            "gradient projected onto E before the step and weights re-projected after it",
+            "E = 'basis': span of escnn's basis (the same function class as escnn); 'grid': all filters "
+            "fixed by the group acting on the grid (C4 only; larger than escnn's)",
+        ],
+    )
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, 1, SIZE, SIZE, generator=generator)
+    y = torch.randint(10, (BATCH,), generator=generator)
+    for n, subspaces in ((4, ("basis", "grid")), (8, ("basis",))):
+        torch.manual_seed(0)
+        net = SteerableNet(n)
+        coefficients = sum(p.numel() for p in net.parameters())
+        t_escnn = median_time(_train_step(net.train(), x, y), repeats=repeats)
+        for sub in subspaces:
+            dense, projection = to_dense(net, subspace=sub, invariant=["head"])
+            dense.train()
+            t_dense = median_time(_train_step(dense, x, y), repeats=repeats)
+            t_equi = median_time(_train_step(dense, x, y, projection), repeats=repeats)
+            ratio = f"{projection.dim}/{projection.numel}"
+            table.add(
+                f"C{n} ({coefficients} coefficients)",
+                sub,
+                ratio,
+                1e3 * t_escnn,
+                1e3 * t_dense,
+                1e3 * t_equi,
+                t_equi / t_escnn,
+                t_equi / t_dense,
+            )
+    for label, build in (
+        ("example C4 (examples/escnn_digits.py)", _example_model),
+        ("C4 speed net", lambda: SteerableNet(4)),
+        ("C8 speed net", lambda: SteerableNet(8)),
+    ):
+        t_build, t_to_dense = _setup_times(build)
+        table.notes.append(
+            f"set-up, {label}: escnn construction {1e3 * t_build:.0f} ms, to_dense (dense copy and every "
+            f"projector) {1e3 * t_to_dense:.0f} ms, ratio {t_to_dense / t_build:.2f} (issue 5 limit 2)"
+        )
+    _memory_rows(table)
+    return table
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore", ".*py3nj.*")
+    torch.set_num_threads(2)
+    print(bench_escnn().markdown())
