@@ -394,3 +394,26 @@ def test_components_match_a_plain_union_find():
     roots = [find(i) for i in range(n)]
     order = {r: k for k, r in enumerate(dict.fromkeys(roots))}  # numbered by smallest member
     assert torch.equal(components(torch.stack(gens)), torch.tensor([order[r] for r in roots]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blockwise_orbit_ids_match_label_propagation_on_the_whole_tensor(seed):
+    """Orbits solved per type of block (mixed, interleaved fields) equal those of the whole index map."""
+    rng = torch.Generator().manual_seed(seed)
+    group = DihedralGroup(4) if seed % 2 else CyclicGroup(4)
+    kinds = [trivial(group), regular(group)]
+
+    def fields() -> Representation:
+        picks = torch.randint(0, 2, (int(torch.randint(1, 5, (1,), generator=rng)),), generator=rng)
+        return direct_sum([kinds[int(i)] for i in picks])
+
+    rho_out, rho_in = fields(), fields()
+    action = TensorAction(
+        (rho_out.dim, rho_in.dim, 3, 3), [(rho_out, 1), (rho_in, 1), (grid_representation(group, (3, 3)), 2)]
+    )
+    expected = components(action.index_permutation(group.generators()))
+    assert torch.equal(orbit_ids(action), expected)
+    proj = OrbitMeanProjector(action)
+    assert proj.dim == int(expected.max()) + 1
+    w = _random(action.shape, seed)
+    torch.testing.assert_close(proj.project(w), group_average(action, w), rtol=0, atol=1e-12)
