@@ -223,6 +223,19 @@ def test_rerun_skips_finished_runs_and_failures_are_reported(tmp_path):
     assert stamps == {m: (tmp_path / "perm" / m / "seed0" / "result.json").stat().st_mtime_ns for m in stamps}
 
 
+@pytest.mark.parametrize("protocol, steps", [("full", 2), ("minibatch", 8)])
+def test_protocols_take_one_step_per_epoch_or_per_batch(tmp_path, protocol, steps):
+    small = {"model": {"channels": 2, "pooled": 4, "head": 2}, "data": {"n_graphs": 40}, "batch_size": 10}
+    minibatch = {"batch_size": 10, "aug_passes": 3, "lr": 1e-2}
+    outcome = _compare(
+        tmp_path, "perm", protocol=protocol, epochs=2, aug_passes=3, minibatch=minibatch, **small
+    )
+    for mode in ("nom", "aug", "equi"):
+        result = json.loads((outcome["root"] / mode / "seed0" / "result.json").read_text())
+        assert result["steps"] == steps, mode
+        assert len(_trajectories(outcome)[mode]["distance_to_E"]) == 3  # the start and two epochs
+
+
 def test_demo_runs_and_says_where_everything_is(tmp_path, capsys):
     argv = ["--out-dir", str(tmp_path), "--seeds", "1", "--epochs", "1", "--set", "data.n_images=20"]
     assert demo.main([*argv, "--set", "batch_size=10", "--set", "threads=1"]) == 0
@@ -244,6 +257,7 @@ def test_configs_load_with_protocol_overrides():
         assert full["seeds"] == list(range(30)) and full["epochs"] == 50
         fast = load_config(task, {"protocol": "minibatch"})
         assert fast["lr"] == full["minibatch"]["lr"] and fast["batch_size"] == full["minibatch"]["batch_size"]
+        assert load_config(task, {"protocol": "minibatch", "epochs": 3})["epochs"] == 3  # the user's wins
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config("perm", {"learning_rate": 0.1})
     with pytest.raises(ValueError, match="protocol"):

@@ -146,7 +146,8 @@ def parse_overrides(pairs: list[str]) -> dict:
 def load_config(source: str | Path | dict, overrides: dict | None = None) -> dict:
     """The full config: defaults, then the YAML file (or built-in name, or dict), then ``overrides``.
 
-    With ``protocol: minibatch`` the config's ``minibatch:`` section is applied last.
+    With ``protocol: minibatch`` the file's ``minibatch:`` section is applied after the file and before
+    ``overrides`` (so ``--epochs`` on the command line wins over both).
 
     Raises:
         ValueError: for an unknown key, task, mode or protocol.
@@ -158,14 +159,15 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
         if not path.exists() and path.suffix == "":
             path = builtin_config(str(source))
         loaded = yaml.safe_load(path.read_text()) or {}
-    config = merge_config(merge_config(DEFAULTS, loaded), overrides or {})
+    overrides = overrides or {}
+    config = merge_config(merge_config(DEFAULTS, loaded), overrides)
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(DEFAULTS)}")
     if config["protocol"] not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {config['protocol']!r}")
     if config["protocol"] == "minibatch":
-        config = merge_config(config, config["minibatch"])
+        config = merge_config(merge_config(merge_config(DEFAULTS, loaded), config["minibatch"]), overrides)
     if config["task"] not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {config['task']!r}")
     bad = [m for m in config["modes"] if m not in MODES]
@@ -323,6 +325,7 @@ def train_run(
         "mode": mode,
         "seed": seed,
         "epochs": int(config["epochs"]),
+        "steps": int(trainer.global_step),
         "seconds": time.perf_counter() - started,
         "distance_to_E": last["distance_to_E"],
         "relative_distance_to_E": last["relative_distance_to_E"],
