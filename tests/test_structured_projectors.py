@@ -333,3 +333,12 @@ def test_low_precision_rounds_the_float32_projection(dtype):
         out = proj.project(w)
         assert out.dtype == dtype
         torch.testing.assert_close(out, proj.project(w.float()).to(dtype), rtol=0, atol=0)
+
+
+def test_symmetric_in_place_writes_the_same_projection():
+    for out_order, in_order in ORDERS:
+        proj = SymmetricProjector.from_action(_set_action(4, out_order, in_order, 2, 3))
+        w = torch.randn(proj.shape, dtype=F64)
+        expected = proj.project(w)
+        assert proj.project_(w) is w
+        torch.testing.assert_close(w, expected, rtol=0, atol=0)

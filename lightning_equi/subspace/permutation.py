@@ -147,12 +147,8 @@ class SymmetricProjector(Projector):
         strides += [sum(stride[self._axes[a]] for a in block) for block in part]
         return v.as_strided(sizes, strides, v.storage_offset())
 
-    def project(self, w: Tensor) -> Tensor:
-        self.check_shape(w)
-        if w.dtype in (torch.float16, torch.bfloat16):  # class sums of many entries need float32
-            return self.project(w.float()).to(w.dtype)
-        if not self._axes:  # invariant -> invariant: no constraint
-            return w.clone()
+    def _coefficients(self, w: Tensor) -> Tensor:
+        """The diagonal updates ``D`` ``(parts, C_out, C_in)`` of the projection of ``w``."""
         v = w.reshape(self._view)
         parts, finest = self._parts, len(self._parts) - 1  # sorted by blocks: all-distinct is last
         # T(s): sums over the generalised diagonals, (C_out, C_in) each; the finest is the whole tensor.
@@ -162,15 +158,37 @@ class SymmetricProjector(Projector):
         key = (w.dtype, w.device)
         if key not in self._cache:
             self._cache[key] = self._mixing.to(dtype=w.dtype, device=w.device)
-        coef = (self._cache[key] @ torch.stack(sums).reshape(len(parts), -1)).reshape(
-            len(parts), *sums[0].shape
-        )
-        # out = sum_s D(s) 1[indices constant on the blocks of s]: a broadcast, then diagonal updates.
+        return (self._cache[key] @ torch.stack(sums).reshape(len(parts), -1)).reshape(len(parts), co, ci)
+
+    def _write(self, out: Tensor, coef: Tensor) -> None:
+        """``out`` (viewed as ``_view``) ``= sum_s D(s) 1[indices constant on the blocks of s]``: a
+        broadcast, then diagonal updates."""
+        finest = len(self._parts) - 1
         free = [1 if a in self._axes else size for a, size in enumerate(self._view)]
-        out = torch.empty(self._view, dtype=w.dtype, device=w.device).copy_(coef[finest].reshape(free))
-        for part, c in zip(parts[:finest], coef[:finest], strict=True):
+        out.copy_(coef[finest].reshape(free))
+        for part, c in zip(self._parts[:finest], coef[:finest], strict=True):
             self._diagonal(out, part).add_(c.reshape(*c.shape, *[1] * len(part)))
+
+    def project(self, w: Tensor) -> Tensor:
+        self.check_shape(w)
+        if w.dtype in (torch.float16, torch.bfloat16):  # class sums of many entries need float32
+            return self.project(w.float()).to(w.dtype)
+        if not self._axes:  # invariant -> invariant: no constraint
+            return w.clone()
+        out = torch.empty(self._view, dtype=w.dtype, device=w.device)
+        self._write(out, self._coefficients(w))
         return out.reshape(self.shape)
+
+    def project_(self, w: Tensor) -> Tensor:
+        with torch.no_grad():
+            self.check_shape(w)
+            if not self._axes:
+                return w
+            if w.is_contiguous() and w.dtype not in (torch.float16, torch.bfloat16):
+                self._write(w.view(self._view), self._coefficients(w))  # no temporary, no copy back
+            else:
+                w.copy_(self.project(w))
+        return w
 
     @classmethod
     def from_action(cls, action: TensorAction) -> SymmetricProjector | None:
