@@ -26,6 +26,8 @@ _LAZY = {
             "make_generator",
             "get_group",
             "GROUP_NAMES",
+            "FIELD_NAMES",
+            "representation_by_name",
             "CyclicGroup",
             "DihedralGroup",
             "SO2",

@@ -294,7 +294,7 @@ def test_projection_rejects_a_spec_that_does_not_fit(tmp_path, monkeypatch):
         (dict(group="SO2", orbit=True), r"orbit=True.*needs a finite group; SO2 is continuous"),
         (dict(group="C4", orbit=True, copies=2), r"leave copies=1 and per_sample=True"),
         (dict(group="C4", inputs="picture"), r"unknown action 'picture'. Valid names"),
-        (dict(group="C4", inputs="image:vector"), r"unknown fields 'vector'"),
+        (dict(group="C4", inputs="image:vector"), r"unknown field name 'vector'"),
         (dict(group="C4", inputs=None, targets=None), r"needs an action for at least one batch entry"),
         (dict(group="C4", inputs=ImageAction("D4")), r"acts by D4, but group='C4'"),
         (dict(group="C4", seed=1.5), r"`seed` must be an int or None, got 1.5"),

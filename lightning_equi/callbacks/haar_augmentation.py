@@ -7,7 +7,6 @@ elements drawn from the Haar measure, inputs and targets each by their own actio
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, MutableMapping, MutableSequence
 from typing import Any
 
@@ -19,7 +18,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_equi.actions import Action, BatchAction, GraphAction, ImageAction, PointCloudAction, SetAction
-from lightning_equi.groups import FiniteGroup, Group, get_group, irrep, regular, sign, standard, trivial
+from lightning_equi.groups import FiniteGroup, Group, get_group, representation_by_name
 
 __all__ = ["HaarAugmentation", "make_action", "ACTION_NAMES"]
 
@@ -31,7 +30,6 @@ ACTION_NAMES = {
     "graph": "GraphAction: adjacency matrices (B, n, n) under S_n",
 }
 _KINDS = {"image": ImageAction, "points": PointCloudAction, "set": SetAction, "graph": GraphAction}
-_FIELDS = {"trivial": trivial, "regular": regular, "standard": standard, "sign": sign}
 _DEFAULT_KEYS = {"inputs": 0, "targets": 1}
 
 ActionConfig = str | Action | Mapping[Any, str | Action | None] | None
@@ -62,13 +60,10 @@ def make_action(name: str | Action, group: Group | str) -> Action:
         return _KINDS[kind](group)
     if kind not in ("image", "points"):
         raise MisconfigurationException(f"action {kind!r} takes no fields, got {name!r}")
-    m = re.fullmatch(r"irrep(\d+)", fields)
-    factory = (lambda g: irrep(g, int(m[1]))) if m else _FIELDS.get(fields)
-    if factory is None:
-        raise MisconfigurationException(
-            f"unknown fields {fields!r} in action {name!r}; valid: {sorted(_FIELDS)} or irrep<k>"
-        )
-    rep = factory(group)
+    try:
+        rep = representation_by_name(group, fields)
+    except ValueError as err:
+        raise MisconfigurationException(f"action {name!r}: {err}") from err
     return ImageAction(group, fields=rep) if kind == "image" else PointCloudAction(group, features=rep)
 
 

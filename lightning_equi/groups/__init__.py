@@ -6,12 +6,14 @@ from lightning_equi.groups.permutation import SymmetricGroup
 from lightning_equi.groups.planar import O2, SO2
 from lightning_equi.groups.registry import GROUP_NAMES, get_group
 from lightning_equi.groups.representations import (
+    FIELD_NAMES,
     Representation,
     direct_sum,
     grid_representation,
     irrep,
     pair_representation,
     regular,
+    representation_by_name,
     sign,
     standard,
     trivial,
@@ -42,4 +44,6 @@ __all__ = [
     "direct_sum",
     "pair_representation",
     "grid_representation",
+    "FIELD_NAMES",
+    "representation_by_name",
 ]

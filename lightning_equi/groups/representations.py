@@ -20,6 +20,7 @@ escnn's default ``flipRot2dOnR2``), while escnn's group irrep ``irrep(1, k)`` of
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -42,6 +43,8 @@ __all__ = [
     "direct_sum",
     "pair_representation",
     "grid_representation",
+    "FIELD_NAMES",
+    "representation_by_name",
 ]
 
 
@@ -443,3 +446,40 @@ def grid_representation(group: Group, size: tuple[int, int]) -> Representation:
         return cache[g.device][group.index(g)]
 
     return _from_permutation(group, h * w, f"grid{h}x{w}", perm)
+
+
+#: the names accepted by :func:`representation_by_name` (and so in specs, configs and the CLI)
+FIELD_NAMES = {
+    "trivial": "invariant scalars (1-dimensional)",
+    "regular": "the regular representation of a finite group (C_N, D_N, a torus, small S_n)",
+    "standard": "the defining representation (2-d rotations, 3-d rotations, S_n on R^n, torus shifts)",
+    "sign": "+-1 by the determinant (mirrors, odd permutations)",
+    "pairs": "S_n on R^{n x n} (edge features, adjacency matrices)",
+    "irrep<k>": "the real irrep of frequency k of C_N, D_N, SO(2), O(2), e.g. irrep2",
+}
+
+
+def representation_by_name(group: Group, name: str) -> Representation:
+    """The representation of ``group`` called ``name`` (see :data:`FIELD_NAMES`), for config files.
+
+    Example:
+        >>> from lightning_equi.groups import get_group
+        >>> representation_by_name(get_group("C8"), "irrep3")
+        Representation(irrep3, C8, dim=2)
+    """
+    key = str(name).strip().lower()
+    m = re.fullmatch(r"irrep(\d+)", key)
+    factories = {
+        "trivial": trivial,
+        "regular": regular,
+        "standard": standard,
+        "sign": sign,
+        "pairs": pair_representation,
+    }
+    if m is None and key not in factories:
+        valid = "\n".join(f"  {k:<10} {v}" for k, v in FIELD_NAMES.items())
+        raise ValueError(f"unknown field name {name!r}. Valid names:\n{valid}")
+    try:
+        return irrep(group, int(m[1])) if m else factories[key](group)
+    except (ValueError, AttributeError, TypeError) as err:
+        raise ValueError(f"{group.name} has no {key!r} fields ({err})") from err

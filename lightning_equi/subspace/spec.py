@@ -30,8 +30,7 @@ receive no gradient but are re-projected with the weights).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -39,17 +38,14 @@ import torch
 from torch import Tensor, nn
 
 from lightning_equi.groups import (
+    FIELD_NAMES,
     FiniteGroup,
     Group,
     Representation,
     direct_sum,
     get_group,
     grid_representation,
-    irrep,
-    pair_representation,
-    regular,
-    sign,
-    standard,
+    representation_by_name,
     trivial,
 )
 from lightning_equi.subspace import distance as D
@@ -70,22 +66,6 @@ __all__ = [
 Fields = Representation | str | Sequence[Representation | str]
 #: a module of the model, or its qualified name in ``model.named_modules()``
 Target = nn.Module | str
-
-FIELD_NAMES = {
-    "trivial": "invariant scalars (1-dimensional)",
-    "regular": "the regular representation of a finite group (C_N, D_N, a torus, small S_n)",
-    "standard": "the defining representation (2-d rotations, 3-d rotations, S_n on R^n, torus shifts)",
-    "sign": "+-1 by the determinant (mirrors, odd permutations)",
-    "pairs": "S_n on R^{n x n} (edge features, adjacency matrices)",
-    "irrep<k>": "the real irrep of frequency k of C_N, D_N, SO(2), O(2), e.g. irrep2",
-}
-_FACTORIES: dict[str, Callable[[Group], Representation]] = {
-    "trivial": trivial,
-    "regular": regular,
-    "standard": standard,
-    "sign": sign,
-    "pairs": pair_representation,  # type: ignore[dict-item]
-}
 
 _LINEAR = (nn.Linear,)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -286,15 +266,10 @@ class SymmetrySpec:
         return self._field_cache[key, 1]
 
     def _named_field(self, key: str, where: str) -> Representation:
-        m = re.fullmatch(r"irrep(\d+)", key)
-        factory = (lambda g: irrep(g, int(m[1]))) if m else _FACTORIES.get(key)
-        if factory is None:
-            valid = "\n".join(f"  {k:<10} {v}" for k, v in FIELD_NAMES.items())
-            raise ValueError(f"{where}: unknown field name {key!r}. Valid names:\n{valid}")
         try:
-            return factory(self.group)
-        except (ValueError, AttributeError, TypeError) as err:
-            raise ValueError(f"{where}: {self.group.name} has no {key!r} fields ({err})") from err
+            return representation_by_name(self.group, key)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
 
     def _repeat(self, base: Representation, copies: int) -> Representation:
         if copies == 1:
