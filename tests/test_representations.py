@@ -407,7 +407,11 @@ def test_representations_pickle_and_deepcopy():
     from lightning_equi.groups import direct_sum, get_group, grid_representation, irrep, regular, standard
 
     D4, S = get_group("D4"), get_group("SO2")
-    for rep in [3 * regular(D4) + standard(D4), grid_representation(D4, (3, 3)), direct_sum([irrep(S, 2)] * 2)]:
+    for rep in [
+        3 * regular(D4) + standard(D4),
+        grid_representation(D4, (3, 3)),
+        direct_sum([irrep(S, 2)] * 2),
+    ]:
         g = rep.group.sample(6, generator=torch.Generator().manual_seed(1))
         for clone in (pickle.loads(pickle.dumps(rep)), copy.deepcopy(rep)):
             assert torch.equal(clone(g), rep(g))
