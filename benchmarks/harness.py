@@ -73,8 +73,12 @@ class Table:
                 return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
             return str(v)
 
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "---|" * len(self.columns)]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "---|" * len(self.columns),
+        ]
         lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in self.rows]
         lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"

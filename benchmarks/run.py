@@ -34,7 +34,7 @@ def reference_cnn(width: int = 128) -> nn.Sequential:
     """A C4 CNN of about 1M parameters for 1x28x28 inputs: conv k5 1->32->64->128->128->width."""
     chans = [1, 32, 64, 128, 128, width]
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])):
+    for i, (a, b) in enumerate(zip(chans[:-1], chans[1:], strict=False)):
         layers += [nn.Conv2d(a, b, 5, padding=2), nn.BatchNorm2d(b), nn.ReLU()]
         if i in (1, 3):
             layers.append(nn.MaxPool2d(2))
@@ -42,7 +42,7 @@ def reference_cnn(width: int = 128) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def reference_spec(model: nn.Sequential):
+def reference_spec(model: nn.Sequential, prefix: str = ""):
     from lightning_equi.subspace import SymmetrySpec
 
     first = next(i for i, m in enumerate(model) if isinstance(m, nn.Conv2d))
@@ -50,9 +50,109 @@ def reference_spec(model: nn.Sequential):
     return (
         SymmetrySpec("C4")
         .layers(nn.Conv2d, fields="regular")
-        .layer(str(first), in_fields="trivial", out_fields="regular")
-        .layer(str(head), in_fields="regular", out_fields="trivial")
+        .layer(f"{prefix}{first}", in_fields="trivial", out_fields="regular")
+        .layer(f"{prefix}{head}", in_fields="regular", out_fields="trivial")
     )
+
+
+# ---- section: step overhead per mode -------------------------------------------------------------
+
+
+def bench_step(steps: int = 25, rounds: int = 2, batch: int = 64) -> Table:
+    """Median time of one training step (data, forward, backward, optimizer, every hook) per setup."""
+    import statistics
+    import time
+
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection, HaarAugmentation
+
+    class Reference(L.LightningModule):
+        def __init__(self, optimizer: str = "sgd") -> None:
+            super().__init__()
+            self.net, self.optimizer = reference_cnn(), optimizer
+
+        def symmetry_spec(self):
+            return reference_spec(self.net, prefix="net.")
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, b, _):
+            return nn.functional.cross_entropy(self(b[0]), b[1])
+
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            x, y = (
+                torch.randn(batch * (steps + 5), 1, 28, 28, generator=g),
+                torch.randint(10, (batch * (steps + 5),), generator=g),
+            )
+            return DataLoader(TensorDataset(x, y), batch_size=batch)
+
+        def configure_optimizers(self):
+            if self.optimizer == "adam":
+                return torch.optim.Adam(self.parameters(), lr=1e-3)
+            return torch.optim.SGD(self.parameters(), lr=1e-2, momentum=0.9)
+
+    class StepTimer(L.Callback):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def on_train_batch_start(self, *args) -> None:
+            self.stamps.append(time.perf_counter())
+
+    setups = {
+        "plain Lightning (SGD)": ("sgd", lambda: []),
+        "+ HaarAugmentation C4 (exact rot90 per sample)": (
+            "sgd",
+            lambda: [HaarAugmentation("C4", inputs={0: "image"}, seed=0)],
+        ),
+        "+ HaarAugmentation SO2 (interpolated per sample)": (
+            "sgd",
+            lambda: [HaarAugmentation("SO2", inputs={0: "image"}, seed=0)],
+        ),
+        "+ EquivariantProjection (SGD: gradients)": ("sgd", lambda: [EquivariantProjection()]),
+        "plain Lightning (Adam)": ("adam", lambda: []),
+        "+ EquivariantProjection (Adam: gradients + weights)": ("adam", lambda: [EquivariantProjection()]),
+        "+ EquivarianceMonitor (every 50 steps)": (
+            "sgd",
+            lambda: [EquivarianceMonitor(every_n_steps=50)],
+        ),
+    }
+    samples: dict[str, list[float]] = {k: [] for k in setups}
+    for _ in range(rounds):  # round-robin, so that drifts of the machine hit every setup alike
+        for name, (opt, callbacks) in setups.items():
+            timer = StepTimer()
+            trainer = L.Trainer(
+                max_steps=steps + 5,
+                callbacks=[timer, *callbacks()],
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                accelerator="cpu",
+                devices=1,
+            )
+            trainer.fit(Reference(opt))
+            samples[name] += [b - a for a, b in zip(timer.stamps[5:-1], timer.stamps[6:], strict=False)]
+    table = Table(
+        f"Training step of the reference C4 CNN ({sum(p.numel() for p in reference_cnn().parameters()):,} "
+        f"parameters, batch {batch}x1x28x28), median over {rounds} x {steps} steps",
+        ["setup", "step (ms)", "ratio to plain"],
+        notes=[
+            "goal: at most 1.05x plain for projection and monitoring, 1.10x for augmentation",
+            "the Adam rows compare with plain Lightning using Adam",
+        ],
+    )
+    base = {
+        "sgd": statistics.median(samples["plain Lightning (SGD)"]),
+        "adam": statistics.median(samples["plain Lightning (Adam)"]),
+    }
+    for name, (opt, _) in setups.items():
+        t = statistics.median(samples[name])
+        table.add(name, 1e3 * t, t / base[opt])
+    return table
 
 
 # ---- section: projection cost vs. its floor ----------------------------------------------------------
@@ -84,13 +184,17 @@ def bench_projection() -> Table:
     table = Table(
         "Projection cost against one elementwise pass (`p.mul_(1)`)",
         ["projector", "layer", "parameters", "project (ms)", "floor (ms)", "ratio"],
-        notes=["ratio = time of `project_` over all parameters / time of `p.mul_(1)` over them; goal < 5, "
-               "growing linearly with the parameter count"],
+        notes=[
+            "ratio = time of `project_` over all parameters / time of `p.mul_(1)` over them; goal < 5, "
+            "growing linearly with the parameter count"
+        ],
     )
     G = CyclicGroup(4)
     for c in (16, 64, 256, 512):  # C4 regular -> regular conv k5: 25 c^2 parameters
-        act = TensorAction((c, c, 5, 5), [(regular(G) * (c // 4), 1), (regular(G) * (c // 4), 1),
-                                          (grid_representation(G, (5, 5)), 2)])
+        act = TensorAction(
+            (c, c, 5, 5),
+            [(regular(G) * (c // 4), 1), (regular(G) * (c // 4), 1), (grid_representation(G, (5, 5)), 2)],
+        )
         _row(table, OrbitMeanProjector(act), f"C4 conv {c}->{c} k5")
     for c in (8, 32):  # torus dense layer on 14x14 with c channels
         T = TorusTranslations((14, 14))
@@ -99,7 +203,9 @@ def bench_projection() -> Table:
         _row(table, proj, f"T14x14 dense {c}->{c} ch")
     for c in (4, 16):  # S_10 edge -> edge layer
         S = SymmetricGroup(10)
-        act = TensorAction((c * 100, c * 100), [(pair_representation(S) * c, 1), (pair_representation(S) * c, 1)])
+        act = TensorAction(
+            (c * 100, c * 100), [(pair_representation(S) * c, 1), (pair_representation(S) * c, 1)]
+        )
         proj = SymmetricProjector.from_action(act)
         _row(table, proj, f"S10 pairs {c}->{c} ch")
     from lightning_equi.groups import SO2, irrep, trivial
@@ -138,8 +244,10 @@ def bench_augmentation(batch: int = 64) -> Table:
     table = Table(
         f"Augmentation of a {batch}x1x28x28 batch, one element per sample",
         ["what", "time (ms)", "floor", "ratio to floor"],
-        notes=["floor for exact C4: `torch.rot90` of the samples with each rotation count (masked); "
-               "floor for interpolated rotation: one `affine_grid` + `grid_sample` call; goal: ratio <= 1.2"],
+        notes=[
+            "floor for exact C4: `torch.rot90` of the samples with each rotation count (masked); "
+            "floor for interpolated rotation: one `affine_grid` + `grid_sample` call; goal: ratio <= 1.2"
+        ],
     )
     x = torch.randn(batch, 1, 28, 28)
     gen = make_generator(0)
@@ -156,8 +264,9 @@ def bench_augmentation(batch: int = 64) -> Table:
     def floor_rot() -> torch.Tensor:
         theta = torch.rand(batch, generator=gen) * 2 * torch.pi
         c, s = torch.cos(theta), torch.sin(theta)
-        mat = torch.stack([torch.stack([c, -s, torch.zeros_like(c)], 1),
-                           torch.stack([s, c, torch.zeros_like(c)], 1)], 1)
+        mat = torch.stack(
+            [torch.stack([c, -s, torch.zeros_like(c)], 1), torch.stack([s, c, torch.zeros_like(c)], 1)], 1
+        )
         grid = F.affine_grid(mat, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, align_corners=False)
 
@@ -182,13 +291,16 @@ def bench_augmentation(batch: int = 64) -> Table:
 
 
 SECTIONS = {
+    "step": bench_step,
     "projection": bench_projection,
     "augmentation": bench_augmentation,
 }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -205,8 +317,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     header = "## Benchmarks\n\n" + ", ".join(f"{k}: {v}" for k, v in info.items()) + "\n\n"
     (args.out / "report.md").write_text(header + "\n".join(t.markdown() for t in tables))
-    (args.out / "report.json").write_text(json.dumps({"machine": info, "sections": [t.as_dict() for t in tables]},
-                                                     indent=2, default=str))
+    (args.out / "report.json").write_text(
+        json.dumps({"machine": info, "sections": [t.as_dict() for t in tables]}, indent=2, default=str)
+    )
     print(f"report written to {args.out / 'report.md'}")
 
 
