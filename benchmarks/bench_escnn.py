@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 import weakref
@@ -81,6 +82,22 @@ def _train_step(model: nn.Module, x: Tensor, y: Tensor, projection: Any = None) 
             projection.project_parameters_()
 
     return step
+
+
+def _interleaved_medians(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds of each function, timed in alternation so that load changes hit all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _clear_basis_caches() -> None:
@@ -185,7 +202,7 @@ def _memory_rows(table: Table) -> None:
     )
 
 
-def bench_escnn(repeats: int = 10) -> Table:
+def bench_escnn(repeats: int = 15) -> Table:
     """Step time of dense-equi against escnn-native, set-up time, and projector memory."""
     from lightning_equi.adapters import to_dense
 
@@ -215,24 +232,26 @@ def bench_escnn(repeats: int = 10) -> Table:
     y = torch.randint(10, (BATCH,), generator=generator)
     for n, subspaces in ((4, ("basis", "grid")), (8, ("basis",))):
         torch.manual_seed(0)
-        net = SteerableNet(n)
+        net = SteerableNet(n).train()
         coefficients = sum(p.numel() for p in net.parameters())
-        t_escnn = median_time(_train_step(net.train(), x, y), repeats=repeats)
+        dense, _ = to_dense(net, invariant=["head"])
+        steps = {"escnn": _train_step(net, x, y), "dense": _train_step(dense.train(), x, y)}
+        dims = {}
         for sub in subspaces:
-            dense, projection = to_dense(net, subspace=sub, invariant=["head"])
-            dense.train()
-            t_dense = median_time(_train_step(dense, x, y), repeats=repeats)
-            t_equi = median_time(_train_step(dense, x, y, projection), repeats=repeats)
-            ratio = f"{projection.dim}/{projection.numel}"
+            model, projection = to_dense(net, subspace=sub, invariant=["head"])
+            steps[sub] = _train_step(model.train(), x, y, projection)
+            dims[sub] = f"{projection.dim}/{projection.numel}"
+        t = _interleaved_medians(steps, repeats)
+        for sub in subspaces:
             table.add(
                 f"C{n} ({coefficients} coefficients)",
                 sub,
-                ratio,
-                1e3 * t_escnn,
-                1e3 * t_dense,
-                1e3 * t_equi,
-                t_equi / t_escnn,
-                t_equi / t_dense,
+                dims[sub],
+                1e3 * t["escnn"],
+                1e3 * t["dense"],
+                1e3 * t[sub],
+                t[sub] / t["escnn"],
+                t[sub] / t["dense"],
             )
     for label, build in (
         ("example C4 (examples/escnn_digits.py)", _example_model),
