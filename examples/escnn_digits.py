@@ -106,8 +106,9 @@ class SteerableCNN(nn.Module):
     the group up to the layers' equivariance.
     """
 
-    def __init__(self, group: str = "C4", width: int = 8, classes: int = 10) -> None:
+    def __init__(self, group: str = "C4", width: int | None = None, classes: int = 10) -> None:
         super().__init__()
+        width = WIDTHS.get(group, 1) if width is None else width
         escnn = require_escnn()
         enn, gspaces = escnn.nn, escnn.gspaces
         if group in ("C4", "D4"):
