@@ -290,10 +290,17 @@ def bench_augmentation(batch: int = 64) -> Table:
     return table
 
 
+def bench_escnn_section() -> Table:
+    from bench_escnn import bench_escnn
+
+    return bench_escnn()
+
+
 SECTIONS = {
     "step": bench_step,
     "projection": bench_projection,
     "augmentation": bench_augmentation,
+    "escnn": bench_escnn_section,
 }
 
 

@@ -255,7 +255,7 @@ def test_sharded_strategies_are_refused(strategy_cls):
             r"`reproject_weights` must be one of \('auto', True, False\), got 'always'",
         ),
         (dict(check_atol=-1.0), r"`check_atol` must be a float >= 0, got -1.0"),
-        (dict(spec="C4"), r"`spec` must be a SymmetrySpec or None"),
+        (dict(spec="C4"), r"`spec` must be a SymmetrySpec, a ModelProjection"),
     ],
 )
 def test_projection_misconfiguration(kwargs, match):
@@ -483,3 +483,23 @@ def test_ddp_two_processes_on_cpu(tmp_path):
         "generator_states"
     ]
     assert len(states) == 2 and not torch.equal(states[0], states[1])
+
+
+def test_projection_accepts_a_bound_model_projection(tmp_path: Path) -> None:
+    """``spec=`` may be a ready ModelProjection (what ``adapters.to_dense`` returns)."""
+    model = BoringEquiModel()
+    projection = model.symmetry_spec().bind(model)
+    callbacks = build_callbacks("equi", spec=projection, every_n_steps=5)
+    _trainer(tmp_path, callbacks, max_steps=10).fit(model)
+    assert callbacks[1].projection is projection and callbacks[0].projection is projection
+    assert projection.is_equivariant(atol=1e-6)
+    assert float(projection.relative_total_distance()) < 1e-6
+
+
+def test_projection_refuses_a_model_projection_of_another_model(tmp_path: Path) -> None:
+    other = BoringEquiModel()
+    stranger = other.symmetry_spec().bind(other)
+    with pytest.raises(
+        MisconfigurationException, match="bound to a model that is not part of BoringEquiModel"
+    ):
+        _trainer(tmp_path, [EquivariantProjection(spec=stranger)], max_steps=2).fit(BoringEquiModel())

@@ -271,7 +271,7 @@ def test_functional_error_splits_exact_and_interpolated_elements(tmp_path):
         (dict(probe_size=-2), r"`probe_size` must be an int >= 1, got -2"),
         (dict(probe_elements=1.5), r"`probe_elements` must be an int >= 1, got 1.5"),
         (dict(probe_batch=[1, 2]), r"`probe_batch` must be None, a tensor or a function"),
-        (dict(spec="C4"), r"`spec` must be a SymmetrySpec or None, got str"),
+        (dict(spec="C4"), r"`spec` must be a SymmetrySpec, a ModelProjection or None, got str"),
         (dict(inputs=None), r"log_functional_error=True needs `inputs`"),
     ],
 )

@@ -113,7 +113,7 @@ class EquivarianceMonitor(Callback):
         log_functional_error: bool = True,
         inputs: str | Action = "image",
         outputs: str | Action | None = None,
-        spec: SymmetrySpec | None = None,
+        spec: SymmetrySpec | ModelProjection | None = None,
         probe_size: int = 8,
         probe_elements: int = 4,
         log_layers: bool = True,
@@ -129,9 +129,9 @@ class EquivarianceMonitor(Callback):
                 f"`probe_batch` must be None, a tensor or a function (trainer, pl_module) -> Tensor, "
                 f"got {type(probe_batch).__name__}"
             )
-        if spec is not None and not isinstance(spec, SymmetrySpec):
+        if spec is not None and not isinstance(spec, (SymmetrySpec, ModelProjection)):
             raise MisconfigurationException(
-                f"`spec` must be a SymmetrySpec or None, got {type(spec).__name__}"
+                f"`spec` must be a SymmetrySpec, a ModelProjection or None, got {type(spec).__name__}"
             )
         if log_functional_error and inputs is None:
             raise MisconfigurationException(

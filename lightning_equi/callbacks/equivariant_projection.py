@@ -55,8 +55,10 @@ class EquivariantProjection(Callback):
       are not permutations, weight decay, or clipping by value.
 
     Args:
-        spec: the :class:`~lightning_equi.subspace.spec.SymmetrySpec` of the model; ``None`` uses the
-            model's ``symmetry_spec()`` method.
+        spec: the :class:`~lightning_equi.subspace.spec.SymmetrySpec` of the model, or a ready
+            :class:`~lightning_equi.subspace.spec.ModelProjection` bound to the model or one of its
+            submodules (as returned by ``adapters.to_dense``); ``None`` uses the model's
+            ``symmetry_spec()`` method.
         reproject_weights: ``"auto"`` re-projects the weights after a step unless every optimizer is
             plain SGD (momentum and Nesterov allowed, no weight decay), every projector is a
             permutation one and clipping is not by value (then the projected gradient keeps the
@@ -81,7 +83,7 @@ class EquivariantProjection(Callback):
 
     def __init__(
         self,
-        spec: SymmetrySpec | None = None,
+        spec: SymmetrySpec | ModelProjection | None = None,
         reproject_weights: Literal["auto"] | bool = "auto",
         check_atol: float = 1e-5,
         verbose: bool = False,
@@ -92,9 +94,10 @@ class EquivariantProjection(Callback):
             )
         if not isinstance(check_atol, (int, float)) or isinstance(check_atol, bool) or check_atol < 0:
             raise MisconfigurationException(f"`check_atol` must be a float >= 0, got {check_atol!r}")
-        if spec is not None and not isinstance(spec, SymmetrySpec):
+        if spec is not None and not isinstance(spec, (SymmetrySpec, ModelProjection)):
             raise MisconfigurationException(
-                f"`spec` must be a SymmetrySpec or None (use the model's `symmetry_spec()`), "
+                f"`spec` must be a SymmetrySpec, a ModelProjection (e.g. from adapters.to_dense) or None "
+                f"(use the model's `symmetry_spec()`), "
                 f"got {type(spec).__name__}"
             )
         self.spec = spec
@@ -114,6 +117,11 @@ class EquivariantProjection(Callback):
 
     def resolve(self, pl_module: LightningModule) -> ModelProjection:
         """Bind the spec to ``pl_module`` once (other callbacks, such as the monitor, share it)."""
+        if isinstance(self.spec, ModelProjection):
+            if self._projection is None:
+                _check_projection_belongs(self.spec, pl_module)
+                self._projection = self.spec
+            return self._projection
         if self._projection is None or self._projection.model is not pl_module:
             if self.spec is None and not callable(getattr(pl_module, "symmetry_spec", None)):
                 raise MisconfigurationException(
@@ -213,3 +221,15 @@ class EquivariantProjection(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = bool(state_dict.get("initialized", False))
+
+
+def _check_projection_belongs(projection: ModelProjection, pl_module: LightningModule) -> None:
+    """A projection bound to another model would project tensors that are not trained here."""
+    ours = {id(m) for m in pl_module.modules()}
+    strangers = sorted({e.layer or "<root>" for e in projection.entries if id(e.module) not in ours})
+    if strangers:
+        raise MisconfigurationException(
+            f"the ModelProjection passed as spec= was bound to a model that is not part of "
+            f"{type(pl_module).__name__} (layers {strangers[:5]}); bind it to the trained module, e.g. "
+            "`dense, projection = to_dense(escnn_model)` and train a LightningModule that holds `dense`"
+        )
