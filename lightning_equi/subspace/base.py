@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lightning_equi.groups import FiniteGroup, Group, Representation
 
-__all__ = ["TensorAction", "Projector", "group_average"]
+__all__ = ["TensorAction", "Projector", "group_average", "dense_layer_factors"]
 
 
 class TensorAction:
@@ -184,3 +184,16 @@ def group_average(action: TensorAction, w: Tensor) -> Tensor:
     for i in range(0, els.shape[0], 64):
         acc += action.act(els[i : i + 64], w.double()).sum(0)
     return (acc / els.shape[0]).to(w.dtype)
+
+
+def dense_layer_factors(action: TensorAction, group_type: type) -> list[Representation] | None:
+    """The representations of a dense layer's output (and input) axis when ``action`` is by a
+    ``group_type`` group with one or two factors of one axis each; ``None`` for any other layout.
+
+    The structured projectors (Fourier, closed-form S_n) recognise their layers with it.
+    """
+    if not isinstance(action.group, group_type) or len(action.factors) not in (1, 2):
+        return None
+    if len(action.shape) != len(action.factors):  # one axis per factor: a dense layer's layout
+        return None
+    return [rep for rep, _ in action.factors]

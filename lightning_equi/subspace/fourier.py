@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lightning_equi.groups import Representation, TorusTranslations
-from lightning_equi.subspace.base import Projector, TensorAction
+from lightning_equi.subspace.base import Projector, TensorAction, dense_layer_factors
 
 __all__ = ["FourierProjector"]
 
@@ -192,16 +192,14 @@ class FourierProjector(Projector):
             >>> FourierProjector.from_action(invariant) is None
             True
         """
-        group = action.group
-        if not isinstance(group, TorusTranslations) or len(action.factors) not in (1, 2):
+        reps = dense_layer_factors(action, TorusTranslations)
+        if reps is None:
             return None
-        if len(action.shape) != len(action.factors):  # one axis per factor: a dense layer's layout
-            return None
-        channels = [_shift_channels(rep, group) for rep, _ in action.factors]
+        channels = [_shift_channels(rep, action.group) for rep in reps]
         if any(c is None for c in channels):
             return None
         in_channels = channels[1] if len(channels) == 2 else 1
-        return cls(action.shape, group.shape, in_channels, out_channels=channels[0], method=method)
+        return cls(action.shape, action.group.shape, in_channels, out_channels=channels[0], method=method)
 
 
 def _shift_channels(rep: Representation, group: TorusTranslations) -> int | None:

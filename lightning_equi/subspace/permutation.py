@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lightning_equi.groups import Representation, SymmetricGroup
-from lightning_equi.subspace.base import Projector, TensorAction
+from lightning_equi.subspace.base import Projector, TensorAction, dense_layer_factors
 
 __all__ = ["SymmetricProjector", "set_partitions"]
 
@@ -202,12 +202,11 @@ class SymmetricProjector(Projector):
             ...                                                       (2 * pair_representation(G), 1)]))
             SymmetricProjector(shape=(4, 50), dim=16)
         """
+        reps = dense_layer_factors(action, SymmetricGroup)
+        if reps is None:
+            return None
         group = action.group
-        if not isinstance(group, SymmetricGroup) or len(action.factors) not in (1, 2):
-            return None
-        if len(action.shape) != len(action.factors):  # one axis per factor: a dense layer's layout
-            return None
-        kinds = [_node_order(rep, group) for rep, _ in action.factors]
+        kinds = [_node_order(rep, group) for rep in reps]
         if any(k is None for k in kinds):
             return None
         out_order, out_channels = kinds[0]
