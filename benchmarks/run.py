@@ -167,6 +167,30 @@ def _floor(params: list[torch.Tensor]) -> float:
     return median_time(one_pass, repeats=15)
 
 
+def _gather_floor(params: list[torch.Tensor]) -> float:
+    """One gather pass: ``index_select`` of every tensor by a precomputed index (each entry from its
+    neighbour, the most cache-friendly permutation). Any projection that moves entries between
+    positions (every orbit mean) does at least this on each tensor."""
+    flats = [p.detach().reshape(-1) for p in params]
+    index = [torch.arange(f.numel()).roll(1) for f in flats]
+    outs = [torch.empty_like(f) for f in flats]
+
+    def one_gather() -> None:
+        for f, i, o in zip(flats, index, outs, strict=True):
+            torch.index_select(f, 0, i, out=o)
+
+    return median_time(one_gather, repeats=15)
+
+
+def _adam_step(params: list[torch.Tensor]) -> float:
+    """One ``torch.optim.Adam`` step (default foreach implementation) over the same tensors."""
+    leaves = [p.detach().clone().requires_grad_(True) for p in params]
+    for p in leaves:
+        p.grad = torch.randn_like(p)
+    opt = torch.optim.Adam(leaves, lr=1e-3)
+    return median_time(opt.step, repeats=15)
+
+
 def bench_projection() -> Table:
     from lightning_equi.groups import (
         CyclicGroup,
@@ -183,10 +207,14 @@ def bench_projection() -> Table:
 
     table = Table(
         "Projection cost against one elementwise pass (`p.mul_(1)`)",
-        ["projector", "layer", "parameters", "project (ms)", "floor (ms)", "ratio"],
+        ["projector", "layer", "parameters", "project (ms)", "pass (ms)", "ratio", "gather (ms)", "/ gather"],
         notes=[
-            "ratio = time of `project_` over all parameters / time of `p.mul_(1)` over them; goal < 5, "
-            "growing linearly with the parameter count"
+            "ratio = time of `project_` over all parameters / time of one elementwise pass `p.mul_(1)` "
+            "over them (issue 3's goal: a few)",
+            "gather = one `index_select` pass over the same tensors with a precomputed index (the most "
+            "cache-friendly one): the least any projection that moves entries does; on this CPU one gather "
+            "already costs many elementwise passes, because `index_select`/`scatter_add_` are not "
+            "vectorised and a pass of `mul_` is",
         ],
     )
     G = CyclicGroup(4)
@@ -220,16 +248,24 @@ def bench_projection() -> Table:
     params = [e.tensor for e in projection.entries]
     n = sum(p.numel() for p in params)
     t = median_time(lambda: projection.project_parameters_(), repeats=15)
-    f = _floor(params)
-    table.add("spec (mixed)", "reference C4 CNN, all params + BN stats", n, 1e3 * t, 1e3 * f, t / f)
+    f, gather = _floor(params), _gather_floor(params)
+    table.add(
+        "spec (mixed)", "reference C4 CNN, all params + BN stats", n, 1e3 * t, 1e3 * f, t / f, 1e3 * gather,
+        t / gather,
+    )  # fmt: skip
+    adam = _adam_step([e.tensor for e in projection.parameters])
+    table.notes.append(
+        f"for scale: one Adam step over the reference CNN's parameters takes {1e3 * adam:.3g} ms "
+        f"({adam / f:.3g} passes); projecting them all {t / adam:.3g}x that"
+    )
     return table
 
 
 def _row(table: Table, proj, label: str) -> None:
     w = torch.randn(proj.shape)
     t = median_time(lambda: proj.project_(w), repeats=15)
-    f = _floor([w])
-    table.add(type(proj).__name__, label, w.numel(), 1e3 * t, 1e3 * f, t / f)
+    f, gather = _floor([w]), _gather_floor([w])
+    table.add(type(proj).__name__, label, w.numel(), 1e3 * t, 1e3 * f, t / f, 1e3 * gather, t / gather)
 
 
 # ---- section: augmentation throughput ------------------------------------------------------------
