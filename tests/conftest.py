@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+# The optional dependencies that some test modules skip without. `./run tests` (and so CI) installs
+# all of them and sets LIGHTNING_EQUI_TESTS_STRICT=1: there a missing one is an install error, not a skip.
+OPTIONAL = ("escnn", "sklearn", "tensorboard")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("LIGHTNING_EQUI_TESTS_STRICT") != "1":
+        return
+    missing = [name for name in OPTIONAL if importlib.util.find_spec(name) is None]
+    if missing:
+        raise pytest.UsageError(
+            f"LIGHTNING_EQUI_TESTS_STRICT=1 but {missing} cannot be imported: the tests that need them "
+            "would be skipped. Reinstall with `rm -rf .venv && ./run setup`, or unset the variable."
+        )
 
 
 @pytest.fixture(autouse=True)
