@@ -15,6 +15,7 @@ from lightning_equi.groups import (
     SO3,
     CyclicGroup,
     DihedralGroup,
+    FiniteGroup,
     Group,
     Representation,
     SymmetricGroup,
@@ -136,6 +137,22 @@ def test_regular_is_the_left_multiplication() -> None:
         for g in els:  # rho(g) e_h = e_{g h}
             images = (rho(g[None])[0] @ torch.eye(G.order, dtype=torch.float64)).argmax(dim=0)
             assert torch.equal(images, G.index(G.compose(g.expand_as(els), els)))
+
+
+def test_regular_of_a_large_group_needs_no_cayley_table(monkeypatch) -> None:
+    import lightning_equi.groups.representations as reps
+
+    small = {name: regular(get_group(name)) for name in ("C7", "D5", "T3x4", "S4")}
+    monkeypatch.setattr(reps, "_CAYLEY_CACHE_MAX", 1)  # every group is "large" now
+    for name, cached in small.items():
+        G = get_group(name)
+        g = G.sample(9, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(regular(G).permutation(g), cached.permutation(g)), name
+    monkeypatch.undo()
+    T = TorusTranslations((64, 64))  # order 4096: a table would hold 16.8M indices
+    monkeypatch.setattr(FiniteGroup, "cayley_table", lambda *a, **k: pytest.fail("built the Cayley table"))
+    g = T.sample(3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(regular(T).permutation(g), standard(T).permutation(g), rtol=0, atol=0)
 
 
 def test_specific_matrices() -> None:

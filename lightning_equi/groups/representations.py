@@ -172,6 +172,11 @@ def trivial(group: Group) -> Representation:
     )
 
 
+# Groups up to this order keep their Cayley table (order^2 indices, 8 MiB at 1024) for fast lookups;
+# larger ones compose g^-1 with every element on each call, which needs only B x order memory.
+_CAYLEY_CACHE_MAX = 1024
+
+
 @_picklable
 def regular(group: Group) -> Representation:
     """The regular representation of a finite group: ``rho(g) e_h = e_{g h}``.
@@ -192,10 +197,16 @@ def regular(group: Group) -> Representation:
     cache: dict = {}
 
     def perm(g: Tensor) -> Tensor:
+        # (rho(g) v)[index(h)] = v[index(g^-1 h)]
+        if group.order > _CAYLEY_CACHE_MAX:  # e.g. T64x64: the table would hold order^2 = 16.8M entries
+            els = group.elements(device=g.device)
+            n = els.shape[0]
+            a = group.inverse(g).repeat_interleave(n, dim=0)
+            b = els.repeat(g.shape[0], *([1] * (els.dim() - 1)))
+            return group.index(group.compose(a, b)).reshape(g.shape[0], n)
         key = g.device
         if key not in cache:
             cache[key] = group.cayley_table(device=g.device)
-        # (rho(g) v)[index(h)] = v[index(g^-1 h)]
         return cache[key][group.index(group.inverse(g))]
 
     return _from_permutation(group, group.order, "regular", perm)
