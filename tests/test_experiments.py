@@ -373,3 +373,124 @@ def test_declared_spec_makes_the_model_equivariant(model, x):
         fx = model(x)
         expected = fx if out_act is None else out_act(g, fx)
         assert not torch.allclose(model(act(g, x)), expected, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# the full protocol's aug passes as copies within a batch
+
+
+def _one_aug_step(model, loader, accumulate, augmentation) -> dict[str, torch.Tensor]:
+    """Train ``model`` for one epoch (one SGD step) with ``augmentation``; the change of every parameter."""
+    from lightning.pytorch import Trainer
+
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainer = Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[augmentation],
+        accumulate_grad_batches=accumulate,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, loader)
+    assert trainer.global_step == 1
+    return {k: v.detach() - before[k] for k, v in model.named_parameters()}
+
+
+def test_aug_passes_as_batch_copies_take_the_same_step(monkeypatch):
+    """The runner's aug step (passes as copies within each batch) equals the average over passes of the
+    data set (the old way) when both see the same group elements: same gradient, same step."""
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    from lightning_equi.callbacks import HaarAugmentation
+    from lightning_equi.experiments.data import build_dataset
+    from lightning_equi.experiments.runner import _callbacks, _loader
+
+    passes, n, batch = 3, 40, 10
+    config = load_config(
+        "perm",
+        {
+            "aug_passes": passes,
+            "batch_size": batch,
+            "lr": 0.5,  # a large step, so that a wrong normalisation shows
+            "model": {"channels": 2, "pooled": 4, "head": 2},
+            "data": {"n_graphs": n},
+        },
+    )
+    dataset = build_dataset("perm", **config["data"])
+    torch.manual_seed(0)
+    start = PermNet(**config["model"], lr=config["lr"]).state_dict()
+    group = HaarAugmentation("S10", inputs="graph").group
+    draws = group.sample(passes * n, generator=torch.Generator().manual_seed(1)).reshape(passes, n, -1)
+
+    def replay(queue):  # group.sample that hands out the prepared elements in order
+        return lambda count, generator=None, device=None: _checked(queue.popleft(), count)
+
+    def _checked(g, count):
+        assert g.shape[0] == count
+        return g
+
+    # the old way: the data set repeated once per pass, each sample transformed once per pass
+    old_model = PermNet(**config["model"], lr=config["lr"])
+    old_model.load_state_dict(start)
+    old = HaarAugmentation("S10", inputs="graph", seed=0)
+    queue = deque(draws[p, b : b + batch] for p in range(passes) for b in range(0, n, batch))
+    monkeypatch.setattr(old.group, "sample", replay(queue))
+    loader = DataLoader(ConcatDataset([dataset] * passes), batch_size=batch)
+    old_step = _one_aug_step(old_model, loader, passes * n // batch, old)
+    assert not queue
+    monkeypatch.undo()
+
+    # the runner's way: copy c of sample i of a batch at c * batch + i
+    new_model = PermNet(**config["model"], lr=config["lr"])
+    new_model.load_state_dict(start)
+    loader, accumulate = _loader(config, dataset, "aug", new_model)
+    (new,) = [cb for cb in _callbacks(config, "aug", new_model, 0) if isinstance(cb, HaarAugmentation)]
+    assert new.copies == passes and accumulate == n // batch and len(loader) == n // batch
+    queue = deque(draws[:, b : b + batch].reshape(passes * batch, -1) for b in range(0, n, batch))
+    monkeypatch.setattr(new.group, "sample", replay(queue))
+    new_step = _one_aug_step(new_model, loader, accumulate, new)
+    assert not queue
+
+    assert max(float(v.abs().max()) for v in old_step.values()) > 1e-3  # the step is not negligible
+    torch.testing.assert_close(new_step, old_step, rtol=1e-4, atol=1e-7)
+
+
+def test_aug_copies_draw_independent_elements():
+    """Each copy of a sample gets its own Haar draw (as each pass did)."""
+    from lightning_equi.experiments.data import build_dataset
+    from lightning_equi.experiments.runner import _callbacks
+
+    config = load_config("perm", {"aug_passes": 4, "model": {"channels": 2, "pooled": 4, "head": 2}})
+    model = PermNet(**config["model"], lr=config["lr"])
+    (aug,) = [cb for cb in _callbacks(config, "aug", model, 0) if type(cb).__name__ == "HaarAugmentation"]
+    x, y = build_dataset("perm", n_graphs=8)[:8]
+    out_x, out_y = aug.transform((x, y))
+    copies = out_x.reshape(4, 8, 10, 10)
+    assert torch.equal(out_y, y.repeat(4))
+    for i in range(8):  # every copy is a relabelling of the same graph (same degree multiset) ...
+        degrees = copies[:, i].sum(-1).sort(-1).values
+        assert torch.equal(degrees, x[i].sum(-1).sort().values.expand(4, -1))
+    distinct = {tuple(copies[c, i].flatten().tolist()) for c in range(4) for i in range(8)}
+    assert len(distinct) > 8 * 3  # ... by (almost surely) different permutations
+
+
+def test_batchnorm_models_keep_aug_passes_over_the_data():
+    """With BatchNorm the copies would share batch statistics, so Rot's full protocol repeats the data."""
+    from lightning_equi.experiments.data import build_dataset
+    from lightning_equi.experiments.runner import _callbacks, _loader, batch_coupled
+
+    config = load_config(
+        "rot",
+        {"aug_passes": 3, "batch_size": 10, "model": {"size": 6, "channels": [2]}, "data": {"n_images": 20}},
+    )
+    dataset = build_dataset("rot", **config["data"])
+    model = RotNet(**config["model"], lr=config["lr"])
+    assert batch_coupled(model) and not batch_coupled(PermNet(channels=2, pooled=4, head=2))
+    loader, accumulate = _loader(config, dataset, "aug", model)
+    assert accumulate == 3 * 20 // 10 and len(loader) == accumulate
+    assert [cb.copies for cb in _callbacks(config, "aug", model, 0) if hasattr(cb, "copies")] == [1]
+    assert _loader(config, dataset, "nom", model)[1] == 2
