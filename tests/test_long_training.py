@@ -63,3 +63,33 @@ def test_equi_stays_in_E_for_thousands_of_adaptive_steps(tmp_path, optimizer, lr
         for r in rho:
             err = (model(x @ r.T) - fx @ r.T).norm() / fx.norm()
             assert err < 1e-5, f"not equivariant after training: {err:.3g}"
+
+
+class _LBFGSModel(IrrepsEquiModel):
+    """LBFGS evaluates its closure several times per step; each gradient must be projected."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=5, line_search_fn="strong_wolfe")
+
+
+def test_equi_stays_in_E_under_a_closure_optimizer(tmp_path):
+    torch.set_num_threads(1)
+    ends = {}
+    for mode, callbacks in (("equi", [EquivariantProjection()]), ("nom", [])):
+        L.seed_everything(0, verbose=False)
+        model = _LBFGSModel(group="C3", n_samples=64, batch_size=16)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*LeafSpec.*")
+            L.Trainer(
+                default_root_dir=tmp_path,
+                max_steps=30,
+                logger=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                enable_checkpointing=False,
+                callbacks=callbacks,
+            ).fit(model)
+        ends[mode] = float(resolve_spec(model).relative_total_distance())
+    assert ends["equi"] < 1e-6, ends
+    assert ends["nom"] > 0.05, ends  # the negative control: LBFGS alone leaves E
