@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import struct
 from collections import deque
@@ -494,3 +495,43 @@ def test_batchnorm_models_keep_aug_passes_over_the_data():
     assert accumulate == 3 * 20 // 10 and len(loader) == accumulate
     assert [cb.copies for cb in _callbacks(config, "aug", model, 0) if hasattr(cb, "copies")] == [1]
     assert _loader(config, dataset, "nom", model)[1] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# progress: the bar on a terminal, compact lines in a log
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal():
+    from lightning_equi.experiments.runner import use_progress_bar
+
+    assert use_progress_bar("auto", _Terminal()) is True
+    assert use_progress_bar("auto", io.StringIO()) is False
+    assert use_progress_bar(True, io.StringIO()) is True and use_progress_bar(False, _Terminal()) is False
+    with pytest.raises(ValueError, match="progress_bar must be true, false or 'auto'"):
+        use_progress_bar("sometimes")
+    with pytest.raises(ValueError, match="progress_bar must be true, false or 'auto'"):
+        load_config("perm", {"progress_bar": 1})
+
+
+def test_log_output_has_compact_lines_and_no_bar(tmp_path, capsys):
+    """stdout captured (not a terminal): no progress bar, a start line, a few epoch lines, a result line."""
+    argv = ["perm", "--out-dir", str(tmp_path), "--seeds", "1", "--epochs", "6", "--set", "threads=1"]
+    small = ["model.channels=2", "model.pooled=4", "model.head=2", "data.n_graphs=20", "batch_size=10"]
+    argv += [arg for pair in small for arg in ("--set", pair)] + ["--set", "progress_lines=2"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "it/s" not in captured.out + captured.err and "\r" not in captured.out + captured.err
+    lines = [line for line in captured.out.splitlines() if line.startswith("[")]
+    for k, mode in enumerate(("nom", "aug", "equi"), start=1):
+        tag = f"[{k}/3] perm {mode:<4} seed 0"
+        mine = [line[len(tag) + 2 :] for line in lines if line.startswith(tag)]
+        assert len(mine) == 4, mine
+        assert mine[0] == "training 6 epochs"
+        # progress_lines=2: every 6 / (2 + 1) epochs, not after the last (the result line follows)
+        assert mine[1].startswith("epoch 2/6, loss ") and mine[2].startswith("epoch 4/6, loss ")
+        assert mine[3].startswith("distance to E ") and mine[3].endswith(" s)")

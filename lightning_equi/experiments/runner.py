@@ -78,6 +78,9 @@ __all__ = [
     "train_run",
     "evaluate",
     "TrajectoryRecorder",
+    "ProgressLines",
+    "use_progress_bar",
+    "batch_coupled",
     "main",
 ]
 
@@ -102,7 +105,8 @@ DEFAULTS: dict[str, Any] = {
     "monitor_every_n_steps": 50,  # EquivarianceMonitor: TensorBoard distances every n steps (and every epoch)
     "accelerator": "cpu",
     "threads": None,  # torch.set_num_threads for the runs (None: torch's default)
-    "progress_bar": True,
+    "progress_bar": "auto",  # true: Lightning's bar; false: none; auto: the bar on a terminal, else lines
+    "progress_lines": 5,  # without the bar: about this many progress lines per run (0: only the result line)
     "model": {},  # keyword arguments of the task's LightningModule
     "data": {},  # keyword arguments of the task's data set (see data.build_dataset)
     "minibatch": {},  # overrides applied with protocol: minibatch
@@ -178,6 +182,8 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {config['protocol']!r}")
     if config["protocol"] == "minibatch":
         config = merge_config(merge_config(merge_config(DEFAULTS, loaded), config["minibatch"]), overrides)
+    if not (isinstance(config["progress_bar"], bool) or config["progress_bar"] == "auto"):
+        raise ValueError(f"progress_bar must be true, false or 'auto', got {config['progress_bar']!r}")
     if config["task"] not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {config['task']!r}")
     bad = [m for m in config["modes"] if m not in MODES]
@@ -240,6 +246,48 @@ class TrajectoryRecorder(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loss = trainer.callback_metrics.get("train/loss")
         self._record(trainer.current_epoch + 1, math.nan if loss is None else float(loss))
+
+
+class ProgressLines(Callback):
+    """Compact progress for logs (stdout not a terminal): one line every ``every`` epochs, none per batch.
+
+    Args:
+        tag: the run's name, the start of every line.
+        every: print after every this many epochs (not after the last: the runner prints the result).
+        echo: where the lines go.
+    """
+
+    def __init__(self, tag: str, every: int, echo=print) -> None:
+        self.tag, self.every, self.echo = tag, max(1, int(every)), echo
+        self._started = time.perf_counter()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch, epochs = trainer.current_epoch + 1, trainer.max_epochs
+        if epoch % self.every or epoch >= epochs:
+            return
+        loss = trainer.callback_metrics.get("train/loss")
+        loss_text = "" if loss is None else f", loss {float(loss):.4f}"
+        elapsed = time.perf_counter() - self._started
+        self.echo(f"{self.tag}: epoch {epoch}/{epochs}{loss_text} ({elapsed:.1f} s)")
+
+
+def use_progress_bar(setting: bool | str, stream: Any = None) -> bool:
+    """Whether to show Lightning's progress bar: ``setting`` True/False, or ``"auto"`` -- only when ``stream``
+    (default ``sys.stdout``) is a terminal, since a bar redrawn in a log file floods it.
+
+    Raises:
+        ValueError: for another setting.
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"progress_bar must be true, false or 'auto', got {setting!r}")
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,9 +376,19 @@ def evaluate(
 
 
 def train_run(
-    config: dict, mode: str, seed: int, start: dict[str, torch.Tensor], dataset: Dataset, run_dir: Path
+    config: dict,
+    mode: str,
+    seed: int,
+    start: dict[str, torch.Tensor],
+    dataset: Dataset,
+    run_dir: Path,
+    progress: Callback | None = None,
 ) -> dict:
-    """Train one mode from the state ``start`` and return its ``result.json`` content."""
+    """Train one mode from the state ``start`` and return its ``result.json`` content.
+
+    ``progress``: an extra callback reporting progress (:class:`ProgressLines`); Lightning's bar is shown when
+    :func:`use_progress_bar` says so.
+    """
     model = build_model(config)
     model.load_state_dict(start)
     projection = equivariant_init_(model, model.symmetry_spec())  # already in E: binds, changes nothing
@@ -346,12 +404,12 @@ def train_run(
         accelerator=config["accelerator"],
         devices=1,
         logger=logger,
-        callbacks=[*_callbacks(config, mode, model, seed), recorder],
+        callbacks=[*_callbacks(config, mode, model, seed), recorder, *([progress] if progress else [])],
         accumulate_grad_batches=accumulate,
         log_every_n_steps=1,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=bool(config["progress_bar"]),
+        enable_progress_bar=use_progress_bar(config["progress_bar"]),
         num_sanity_val_steps=0,
     )
     started = time.perf_counter()
@@ -412,6 +470,10 @@ def _quiet() -> Iterator[None]:
 def run_comparison(config: dict, echo=print) -> dict:
     """Train every mode and seed of ``config`` (skipping finished runs), then write the figure and table.
 
+    Every run ends with one line through ``echo``. Without the progress bar (``progress_bar: false``, or
+    ``auto`` when stdout is not a terminal) a run also says when it starts, and makes about
+    ``progress_lines`` lines while it trains.
+
     Returns:
         ``{"root", "figure", "table_csv", "table_json", "rows", "failed"}``; ``failed`` lists the runs that
         raised, as ``(mode, seed, error)``.
@@ -434,9 +496,15 @@ def run_comparison(config: dict, echo=print) -> dict:
                 echo(f"{tag}: finished before, skipped")
                 continue
             try:
+                progress = None
+                if not use_progress_bar(config["progress_bar"]):
+                    echo(f"{tag}: training {config['epochs']} epochs")
+                    if int(config["progress_lines"]) > 0:
+                        every = math.ceil(int(config["epochs"]) / (int(config["progress_lines"]) + 1))
+                        progress = ProgressLines(tag, every, echo)
                 start = start if start is not None else initial_state(config, seed)
                 with _quiet():
-                    result = train_run(config, mode, seed, start, dataset, run_dir)
+                    result = train_run(config, mode, seed, start, dataset, run_dir, progress)
                 (run_dir / "error.txt").unlink(missing_ok=True)
                 echo(
                     f"{tag}: distance to E {result['distance_to_E']:.3e}, from start "
