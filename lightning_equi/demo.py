@@ -5,8 +5,9 @@ pentagons, equivariant under quarter turns -- on 8 x 8 images, as nom, aug and e
 the same equivariant start per seed, with the paper's protocol (one full-batch SGD step per epoch at
 its learning rate; aug averages 8 augmented passes per step). It leaves the paper-style figure, the
 table and the TensorBoard logs under ``runs/demo-rot`` and says how to open them. Run it again and the
-finished runs are skipped. ``--task perm`` or ``--task trans`` runs the other two experiments at a
-small size; ``lightning-equi-compare`` runs them at full size.
+finished runs are skipped. On a terminal each run shows Lightning's progress bar; with stdout redirected
+(``./run demo > log``) it prints a few compact lines per run instead. ``--task perm`` or ``--task trans``
+runs the other two experiments at a small size; ``lightning-equi-compare`` runs them at full size.
 """
 
 from __future__ import annotations
