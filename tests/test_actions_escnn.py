@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -227,3 +228,153 @@ def test_missing_escnn_gives_an_install_hint(monkeypatch):
         require_escnn()
     with pytest.raises(ImportError, match=r"\./run setup"):
         escnn_group("C4")
+
+
+# SO(2)/O(2) fiber matrices in batched torch, against escnn's own representations
+
+
+def _named(G, name, build):
+    """escnn representation ``name`` of ``G``, built once (escnn refuses a second one of the same name)."""
+    return G.representations[name] if name in G.representations else build(name)
+
+
+def _random_basis(G, rep, seed):
+    # an invertible, non-orthogonal change of basis: exercises change_of_basis_inv as well
+    Q = np.random.default_rng(seed).normal(size=(rep.size, rep.size)) + 2 * np.eye(rep.size)
+    return _named(
+        G, f"lightning_equi_test_{rep.name}_basis{seed}", lambda n: escnn.group.change_basis(rep, Q, n)
+    )
+
+
+def _planar_field_type(case):
+    kind, L, axis = case
+    if kind == "SO2":
+        gs = gspaces.rot2dOnR2(-1, L)
+        G = gs.fibergroup
+        o2 = escnn.group.o2_group(L)
+        reps = [
+            gs.trivial_repr,
+            gs.irrep(1),
+            gs.irrep(L),
+            G.bl_regular_representation(L),
+            G.spectral_quotient_representation(2, *G.bl_irreps(L)),
+            G.irrep(1).tensor(G.irrep(2)),  # irreps 1 and 3 with a rotated basis
+            o2.restrict_representation((None, -1), o2.bl_regular_representation(2)),
+            _random_basis(G, G.bl_regular_representation(2), 0),
+            G.bl_regular_representation(L),
+        ]
+    elif kind == "O2":
+        gs = gspaces.flipRot2dOnR2(-1, L) if axis is None else gspaces.flipRot2dOnR2(-1, L, axis=axis)
+        G = gs.fibergroup
+        so2 = escnn.group.so2_group(L)
+        reps = [
+            gs.trivial_repr,
+            gs.irrep(1, 0),
+            gs.irrep(1, 1),
+            gs.irrep(1, L),
+            gs.basespace_action,  # a rotated basis for axis != pi/2
+            G.bl_regular_representation(L),
+            G.bl_quotient_representation(L, (0.0, 1)),  # O(2)/flips
+            G.bl_quotient_representation(L, (None, -1)),  # O(2)/SO(2)
+            G.induced_representation((None, -1), so2.irrep(2)),
+            _random_basis(G, G.bl_regular_representation(1), 1),
+            gs.irrep(1, 1),
+        ]
+    else:  # no base space
+        G = escnn.group.so2_group(L) if kind == "SO2-fibers" else escnn.group.o2_group(L)
+        gs = gspaces.no_base_space(G)
+        reps = [G.trivial_representation, G.bl_regular_representation(L), _random_basis(G, G.irreps()[-1], 2)]
+    return enn.FieldType(gs, reps)
+
+
+PLANAR_CASES = [
+    ("SO2", 1, None),
+    ("SO2", 3, None),
+    ("SO2", 6, None),
+    ("O2", 1, None),
+    ("O2", 4, None),
+    ("O2", 3, 0.3),
+    ("O2", 2, 0.0),
+    ("SO2-fibers", 3, None),
+    ("O2-fibers", 3, None),
+]
+
+
+@pytest.mark.parametrize("case", PLANAR_CASES, ids=lambda c: f"{c[0]}-L{c[1]}-axis{c[2]}")
+def test_planar_fiber_matrices_equal_escnn_representation(case):
+    ft = _planar_field_type(case)
+    act = GeometricTensorAction(ft)
+    group = act.group
+    assert act._planar is not None and act._table is None
+    quarters = QUARTERS_SO2 if isinstance(group, SO2) else QUARTERS_O2
+    g = torch.cat([group.sample(24, generator=torch.Generator().manual_seed(3)), quarters])
+    gspace = ft.gspace if ft.gspace.dimensionality == 2 else None
+    ref = torch.stack(
+        [torch.as_tensor(ft.representation(escnn_element(group, e, gspace)), dtype=torch.float64) for e in g]
+    )
+    out = act.fiber_matrices(g)
+    assert out.dtype == torch.float64 and out.shape == (g.shape[0], ft.size, ft.size)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    # the action itself: the base space as before, the fibers by escnn's matrices one sample at a time
+    hw = (5, 5) if ft.gspace.dimensionality == 2 else ()
+    x = ft(torch.randn(g.shape[0], ft.size, *hw, dtype=torch.float64))
+    t = x.tensor if act.spatial is None else act.spatial(g, x.tensor)
+    old = torch.einsum("bij,bj...->bi...", act._escnn_matrices(g), t)
+    torch.testing.assert_close(act(g, x).tensor, old, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", [c for c in PLANAR_CASES if c[0].endswith("fibers")], ids=lambda c: c[0])
+def test_planar_fibers_match_escnn_transform_and_compose(case):
+    # without a base space escnn's own transform is a per-sample reference for any angle
+    ft = _planar_field_type(case)
+    act = GeometricTensorAction(ft)
+    group = act.group
+    g = group.sample(8, generator=torch.Generator().manual_seed(4))
+    h = group.sample(8, generator=torch.Generator().manual_seed(5))
+    x = ft(torch.randn(8, ft.size, dtype=torch.float64))
+    out = act(g, x).tensor
+    for b in range(8):
+        ref = enn.GeometricTensor(x.tensor[b : b + 1], ft).transform(escnn_element(group, g[b])).tensor
+        torch.testing.assert_close(out[b : b + 1], ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        act(g, act(h, x)).tensor, act(group.compose(g, h), x).tensor, rtol=0, atol=1e-10
+    )
+    torch.testing.assert_close(act(group.inverse(g), act(g, x)).tensor, x.tensor, rtol=0, atol=1e-10)
+
+
+def test_planar_fibers_follow_the_data_dtype():
+    gs = gspaces.rot2dOnR2(-1, 3)
+    ft = enn.FieldType(gs, [gs.fibergroup.bl_regular_representation(3)] * 3)
+    act = GeometricTensorAction(ft)
+    g = SO2().sample(4, generator=torch.Generator().manual_seed(6))
+    x = torch.randn(4, ft.size, 6, 6, dtype=torch.float64)
+    out32 = act(g, ft(x.float())).tensor
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), act(g, ft(x)).tensor, rtol=0, atol=1e-5)
+
+
+def test_dihedral_fibers_without_base_space_match_escnn_transform():
+    # no_base_space has no plane, so the mirror converts as escnn's canonical one (no axis offset)
+    G = escnn.group.dihedral_group(4)
+    gs = gspaces.no_base_space(G)
+    ft = enn.FieldType(gs, [G.regular_representation, G.irrep(1, 1)])
+    act = GeometricTensorAction(ft)
+    x = ft(torch.randn(1, ft.size, dtype=torch.float64))
+    for e in act.group.elements():
+        ref = x.transform(escnn_element(act.group, e)).tensor
+        torch.testing.assert_close(act(e[None], x).tensor, ref, rtol=0, atol=1e-12)
+
+
+def test_planar_fibers_refuse_a_representation_that_is_not_its_decomposition():
+    G = escnn.group.so2_group(2)
+
+    def build(name):
+        # claims irrep 1 but maps every element to the identity
+        return escnn.group.Representation(G, name, [(1,)], np.eye(2), representation=lambda e: np.eye(2))
+
+    bad = _named(G, "lightning_equi_test_inconsistent", build)
+    ft = enn.FieldType(gspaces.no_base_space(G), [G.trivial_representation, bad])
+    with pytest.raises(
+        ValueError, match=r"'lightning_equi_test_inconsistent' of SO2 is not change_of_basis @"
+    ):
+        GeometricTensorAction(ft)
