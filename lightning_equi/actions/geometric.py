@@ -214,6 +214,7 @@ class GeometricTensorAction(Action):
         # the plane fixes how our mirror converts; without one the conversion is escnn's canonical one
         self._element_gspace = gspace if gspace.dimensionality == 2 else None
         self._table: Tensor | None = None
+        self._tables: dict[torch.device, Tensor] = {}  # the table, copied once per device
         self._planar: _PlanarFiber | None = None
         if isinstance(self.group, FiniteGroup):
             self._table = self._escnn_matrices(self.group.elements())
@@ -238,9 +239,10 @@ class GeometricTensorAction(Action):
         other groups: escnn, one element at a time.
         """
         if self._table is not None:
-            if self._table.device != g.device:
-                self._table = self._table.to(g.device)
-            return self._table[self.group.index(g)]
+            table = self._tables.get(g.device)
+            if table is None:
+                table = self._tables[g.device] = self._table.to(g.device)
+            return table[self.group.index(g)]
         if self._planar is not None:
             return self._planar(g)
         return self._escnn_matrices(g).to(g.device)
