@@ -378,3 +378,18 @@ def test_planar_fibers_refuse_a_representation_that_is_not_its_decomposition():
         ValueError, match=r"'lightning_equi_test_inconsistent' of SO2 is not change_of_basis @"
     ):
         GeometricTensorAction(ft)
+
+
+@pytest.mark.parametrize(
+    ("make", "name"), [(lambda: escnn.group.dihedral_group(4), "D4"), (escnn.group.o2_group, "O2")]
+)
+def test_no_base_space_gspaces_convert_without_a_mirror_axis(make, name):
+    gspace = gspaces.no_base_space(make())
+    group = group_from_escnn(gspace)
+    assert group == get_group(name)
+    assert mirror_offset(gspace, group) == 0.0  # no plane: the fiber group's own elements
+    for g in some_elements(group):
+        e = escnn_element(group, g, gspace)
+        assert e == escnn_element(group, g)
+        back = element_from_escnn(group, e, gspace)
+        torch.testing.assert_close(back[0].double(), g.double(), rtol=0, atol=1e-12)

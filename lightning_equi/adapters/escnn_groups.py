@@ -107,13 +107,16 @@ def _is_cyclic(G: Any) -> bool:
 
 
 def mirror_offset(gspace: Any, group: Group) -> float:
-    """Angle ``phi`` with escnn's mirror ``= R(phi) @ diag(-1, 1)`` on the plane (0 for the default axis).
+    """Angle ``phi`` with escnn's mirror ``= R(phi) @ diag(-1, 1)`` on the plane (0 for the default axis,
+    and for a ``no_base_space`` gspace, whose elements act on no plane).
 
     Example:
         >>> from escnn import gspaces
         >>> round(mirror_offset(gspaces.flipRot2dOnR2(4, axis=0.0), get_group("D4")), 6)
         3.141593
     """
+    if getattr(gspace, "basespace_action", None) is None:  # no_base_space: no plane, no mirror axis
+        return 0.0
     G = gspace.fibergroup
     if isinstance(group, DihedralGroup):
         flip = G.element(1) if _is_cyclic(G) else G.element((1, 0))
