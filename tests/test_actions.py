@@ -10,6 +10,7 @@ from collections import namedtuple
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_equi.actions import (
     BatchAction,
@@ -164,6 +165,158 @@ def test_masks_keep_their_dtype_and_follow_the_image():
     assert boolean.dtype == torch.bool
 
 
+def per_sample_reference(group, g, x):
+    """One torch.flip/rot90 or torch.roll per sample, on the last two (or torus) axes."""
+    if isinstance(group, TorusTranslations):
+        dims = tuple(range(-len(group.shape), 0))
+        return torch.stack([torch.roll(x[i], tuple(g[i].tolist()), dims) for i in range(len(g))])
+    quarter, outs = 4 // group.n, []
+    for i in range(len(g)):
+        f, k = g[i].tolist() if isinstance(group, DihedralGroup) else (0, int(g[i]))
+        xi = torch.flip(x[i], (-1,)) if f else x[i]
+        outs.append(torch.rot90(xi, k * quarter, dims=(-2, -1)))
+    return torch.stack(outs)
+
+
+def every_element_shuffled(group, repeats: int = 3, seed: int = 0) -> torch.Tensor:
+    """Each element ``repeats`` times, in a random order (so a batch mixes all of them)."""
+    els = group.elements().repeat(repeats, *([1] * (group.elements().dim() - 1)))
+    return els[torch.randperm(len(els), generator=gen(seed))]
+
+
+EXACT_CASES = [
+    ("C1", (5, 6)),
+    ("C2", (5, 6)),
+    ("C2", (4, 4)),
+    ("C4", (5, 5)),
+    ("C4", (6, 6)),
+    ("D1", (4, 7)),
+    ("D2", (5, 6)),
+    ("D4", (5, 5)),
+    ("D4", (6, 6)),
+    ("T5x6", (5, 6)),
+    ("T4x4", (4, 4)),
+    ("T7", (7,)),
+    ("T2x3x4", (2, 3, 4)),
+]
+
+
+@pytest.mark.parametrize(("name", "shape"), EXACT_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64, torch.uint8, torch.bool])
+def test_exact_gather_is_bit_identical_to_rot90_flip_roll_for_every_element(name, shape, dtype):
+    group = get_group(name)
+    act = ImageAction(group)
+    g = every_element_shuffled(group)
+    x = torch.randn(len(g), 3, *shape, generator=gen(1), dtype=torch.float64)
+    x = (x > 0) if dtype == torch.bool else (x * 50).to(dtype) if not dtype.is_floating_point else x.to(dtype)
+    out = act(g, x)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert torch.equal(out, per_sample_reference(group, g, x))
+    # channel-less masks (B, *spatial) take the same path
+    assert torch.equal(act(g, x[:, 1]), per_sample_reference(group, g, x[:, 1]))
+
+
+@pytest.mark.parametrize("name", ["C4", "D4", "D2", "T6x6"])
+def test_exact_gather_handles_channels_last_and_strided_inputs(name):
+    group = get_group(name)
+    act = ImageAction(group)
+    g = every_element_shuffled(group, repeats=1)
+    x = torch.randn(len(g), 5, 6, 6, generator=gen(2))
+    reference = per_sample_reference(group, g, x)
+    last = x.contiguous(memory_format=torch.channels_last)
+    out = act(g, last)
+    assert torch.equal(out, reference)
+    assert out.is_contiguous(memory_format=torch.channels_last)  # the layout is kept, as before
+    wide = torch.randn(len(g), 5, 6, 12, generator=gen(3))
+    strided = wide[..., ::2]  # neither contiguous nor channels-last
+    assert torch.equal(act(g, strided), per_sample_reference(group, g, strided))
+    single = x[:, :1].contiguous(memory_format=torch.channels_last)  # C = 1: both layouts at once
+    assert torch.equal(act(g, single), reference[:, :1])
+
+
+@pytest.mark.parametrize("name", ["C4", "D4", "D2"])
+def test_exact_gather_with_regular_and_vector_fields_on_the_channel_axis(name):
+    group = get_group(name)
+    g = every_element_shuffled(group)
+    # integer data on a regular field: the channel permutation is an exact gather too
+    reg = regular(group)
+    labels = torch.randint(100, (len(g), reg.dim, 6, 6), generator=gen(4))
+    src = reg.permutation(g)  # (B, dim): out[j] = x[src[j]]
+    moved = per_sample_reference(group, g, labels)
+    expected = torch.gather(moved, 1, src[:, :, None, None].expand_as(moved))
+    out = ImageAction(group, fields=reg)(g, labels)
+    assert out.dtype == torch.int64
+    assert torch.equal(out, expected)
+    # vectors: rotated positions, then each vector rotated by standard(g)
+    vec = torch.randn(len(g), 2, 5, 5, generator=gen(5), dtype=torch.float64)
+    out = ImageAction(group, fields=standard(group))(g, vec)
+    reference = torch.einsum("bij,bjhw->bihw", standard(group)(g), per_sample_reference(group, g, vec))
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-15)
+
+
+def test_exact_gather_refuses_non_square_quarter_turns_even_through_apply():
+    act = ImageAction("D4")
+    g = torch.tensor([[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match="D4 rotates by quarter turns, which needs a square image"):
+        act.apply(g, torch.zeros(2, 1, 4, 5))
+    with pytest.raises(ValueError, match="square image; got H=4 and W=5"):
+        act(g, torch.zeros(2, 1, 4, 5))
+    # a half turn and mirrors keep any rectangle
+    half = ImageAction("D2")(torch.tensor([[0, 1], [1, 1]]), torch.arange(40.0).reshape(2, 1, 4, 5))
+    assert torch.equal(half[0, 0], torch.rot90(torch.arange(20.0).reshape(4, 5), 2))
+
+
+class _CountOps(TorchDispatchMode):
+    """Records the aten operators dispatched inside the block (each one costs a dispatch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("name", "most"), [("C4", 8), ("D4", 12), ("T6x6", 18), ("T40x40", 18)])
+def test_exact_action_is_a_handful_of_ops_whatever_the_elements(name, most):
+    group = get_group(name)
+    act = ImageAction(group)
+    shape = group.shape if isinstance(group, TorusTranslations) else (6, 6)
+    x = torch.randn(16, 2, *shape, generator=gen(10))
+    act(group.identity(len(x)), x)  # builds the table
+    ops = []
+    for g in (group.identity(len(x)), every_element_shuffled(group, repeats=16 // group.order + 1)[:16]):
+        with _CountOps() as mode:
+            out = act(g, x)
+        assert torch.equal(out, per_sample_reference(group, g, x))
+        ops.append(mode.ops)
+    assert ops[0] == ops[1]  # no per-element loop
+    assert len(ops[1]) <= most, ops[1]
+    assert ops[1].count("aten.gather.default") == 1
+
+
+def test_exact_pixel_tables_are_cached_per_shape_and_bounded_and_not_pickled(monkeypatch):
+    import lightning_equi.actions.images as images
+
+    act = ImageAction("D4")
+    g = every_element_shuffled(DihedralGroup(4), repeats=1)
+    x = torch.randn(8, 1, 5, 5)
+    first = act(g, x)
+    table = next(iter(act._tables.values()))
+    assert table.shape == (8, 25) and table.dtype == torch.long
+    assert torch.equal(act(g, x), first) and next(iter(act._tables.values())) is table  # reused
+    monkeypatch.setattr(images, "_MAX_TABLES", 2)
+    for size in (3, 4, 6, 7):
+        y = torch.randn(8, 1, size, size)
+        assert torch.equal(act(g, y), per_sample_reference(DihedralGroup(4), g, y))
+    assert [key[0] for key in act._tables] == [(6, 6), (7, 7)]  # the oldest were dropped
+    assert torch.equal(act(g, x), first)  # and are rebuilt identically
+    clone = pickle.loads(pickle.dumps(act))
+    assert clone._tables == {}
+    assert torch.equal(clone(g, x), first)
+
+
 # ---------------------------------------------------------------- images, interpolated
 
 
@@ -222,6 +375,50 @@ def test_padding_mode_and_interpolation_are_used():
     y = smooth_images(1, 17)
     near = ImageAction("SO2", interpolation="nearest", padding_mode="border")(g, y)
     assert set(near.flatten().tolist()) <= set(y.flatten().tolist())
+
+
+def reference_resample(group, g, x, mode="bilinear", padding_mode="zeros"):
+    """The previous implementation: ``D M^T D`` from ``standard(group)`` in float64, cast at the end."""
+    import torch.nn.functional as F
+
+    b, _, h, w = x.shape
+    m_inv = standard(group)(g).transpose(1, 2)
+    flip_y = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    a = flip_y[None, :, None] * m_inv * flip_y[None, None, :]
+    scale = torch.tensor([w / 2, h / 2], dtype=torch.float64)
+    a = a * scale[None, None, :] / scale[None, :, None]
+    theta = torch.cat([a, a.new_zeros(b, 2, 1)], dim=2).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+@pytest.mark.parametrize("name", ["SO2", "O2", "C8", "D6", "D4"])
+@pytest.mark.parametrize("shape", [(17, 17), (12, 20), (15, 9)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_resampling_is_bit_identical_to_the_float64_matrix_construction(name, shape, dtype):
+    group = get_group(name)
+    g = group.sample(16, generator=gen(6))
+    # multiples of pi/4 on even sizes put nearest-neighbour samples on exact ties
+    g = torch.cat([g, group.elements()]) if group.is_finite else g
+    x = torch.randn(len(g), 2, *shape, generator=gen(7), dtype=torch.float64).to(dtype)
+    for interpolation, padding in (("bilinear", "zeros"), ("nearest", "border"), ("bicubic", "reflection")):
+        act = ImageAction(group, exact=False, interpolation=interpolation, padding_mode=padding)
+        out = act(g, x)
+        assert out.dtype == dtype
+        assert torch.equal(out, reference_resample(group, g, x, interpolation, padding))
+    assert ImageAction(group, exact=False)._theta(g, *shape, dtype).dtype == dtype
+
+
+def test_resampled_masks_match_the_float64_construction_exactly():
+    group = O2()
+    g = group.sample(16, generator=gen(8))
+    labels = torch.randint(7, (16, 1, 13, 18), generator=gen(9))
+    out = ImageAction(group)(g, labels)
+    assert out.dtype == torch.int64
+    assert torch.equal(out, reference_resample(group, g, labels.double(), "nearest").round().long())
+    flags = ImageAction(group)(g, labels > 3)
+    assert flags.dtype == torch.bool
+    assert torch.equal(flags, reference_resample(group, g, (labels > 3).double(), "nearest") > 0.5)
 
 
 # ---------------------------------------------------------------- field types on the channels

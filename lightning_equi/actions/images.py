@@ -10,6 +10,8 @@ rotation ``R(pi/2)`` of :func:`~lightning_equi.groups.standard` and the mirror `
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,7 +26,6 @@ from lightning_equi.groups import (
     Representation,
     TorusTranslations,
     get_group,
-    standard,
 )
 
 __all__ = ["ImageAction"]
@@ -32,6 +33,8 @@ __all__ = ["ImageAction"]
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 PADDING_MODES = ("zeros", "border", "reflection")
 _PLANAR = (CyclicGroup, DihedralGroup, SO2, O2)
+# pixel tables (exact) or grid scales (resampling) are kept for this many (H, W, device)
+_MAX_TABLES = 8
 
 
 def _quarter(group: Group) -> int | None:
@@ -39,6 +42,20 @@ def _quarter(group: Group) -> int | None:
     if isinstance(group, (CyclicGroup, DihedralGroup)) and group.n in (1, 2, 4):
         return 4 // group.n
     return None
+
+
+def _gather_pixels(x: Tensor, src: Tensor) -> Tensor:
+    """``out[b, c].flat[p] = x[b, c].flat[src[b, p]]`` as one gather; channels-last stays so."""
+    b, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    numel = src.shape[1]
+    last = x.dim() == 4 and c > 1 and not x.is_contiguous()
+    if last and x.is_contiguous(memory_format=torch.channels_last):
+        # gather whole pixels (C contiguous values each), which keeps the channels-last layout
+        pixels = x.permute(0, 2, 3, 1).reshape(b, numel, c)
+        out = torch.gather(pixels, 1, src[:, :, None].expand(b, numel, c))
+        return out.view(b, *spatial, c).permute(0, 3, 1, 2)
+    flat = x.reshape(b, c, numel)
+    return torch.gather(flat, 2, src[:, None, :].expand(b, c, numel)).view(x.shape)
 
 
 class ImageAction(Action):
@@ -96,6 +113,8 @@ class ImageAction(Action):
                 f"{group.name} translates by whole pixels, which is always exact; pass exact=None"
             )
         self.exact = bool(exact)
+        # per (H, W, device): the exact pixel tables, or the resampling scales
+        self._tables: dict[tuple[tuple[int, int], torch.device], Tensor] = {}
         self.interpolation, self.padding_mode = interpolation, padding_mode
         self.fields = None if fields is None else FiberAction(fields, "fields")
         if self.fields is not None and self.fields.group != group:
@@ -117,7 +136,7 @@ class ImageAction(Action):
         if isinstance(self.group, TorusTranslations):
             out = self._roll(g, x)
         elif self.exact:
-            out = self._rot90(g, x)
+            out = self._permute_pixels(g, x)
         else:
             out = self._resample(g, x)
         if self.fields is not None:
@@ -151,49 +170,101 @@ class ImageAction(Action):
             )
         return n
 
-    def _rot90(self, g: Tensor, x: Tensor) -> Tensor:
-        # one indexed rot90 per group element present (at most 8), no Python loop over samples
-        quarter = _quarter(self.group)
-        mirror = isinstance(self.group, DihedralGroup)
-        flips, steps = (g[:, 0], g[:, 1]) if mirror else (torch.zeros_like(g), g)
-        code = flips * 4 + (steps * quarter) % 4  # = 4 f + number of quarter turns
-        out = torch.empty_like(x)
-        for c in torch.unique(code).tolist():
-            idx = (code == c).nonzero().squeeze(1)
-            part = x.index_select(0, idx)
-            if c >= 4:
-                part = part.flip(-1)  # the mirror acts first: (f, k) = r^k s^f
-            out.index_copy_(0, idx, torch.rot90(part, c % 4, dims=(-2, -1)))
-        return out
+    def _pixel_table(self, shape: tuple[int, int], device: torch.device) -> Tensor:
+        """Source pixels ``(order, H * W)`` of C1/C2/C4/D1/D2/D4, one row per element of
+        ``group.elements()``: ``out.flat[p] = x.flat[table[group.index(g), p]]``.
+
+        Built once per (spatial shape, device) by moving ``arange(H * W)`` with ``flip`` and
+        ``rot90`` themselves, so the gather reproduces them bit for bit.
+        """
+        key = (shape, device)
+        table = self._tables.get(key)
+        if table is not None:
+            return table
+        group, numel = self.group, math.prod(shape)
+        base = torch.arange(numel).reshape(shape)
+        quarter = _quarter(group)
+        if quarter == 1 and shape[0] != shape[1]:
+            raise ValueError(f"{group.name} rotates by quarter turns, which needs a square image")
+        mirror = isinstance(group, DihedralGroup)
+        rows = []
+        for e in group.elements().tolist():
+            f, k = e if mirror else (0, e)
+            moved = base.flip(-1) if f else base  # the mirror acts first: (f, k) = r^k s^f
+            rows.append(torch.rot90(moved, k * quarter % 4, dims=(-2, -1)))
+        return self._remember(key, torch.stack(rows).reshape(len(rows), numel).to(device))
+
+    def _remember(self, key: tuple[tuple[int, int], torch.device], table: Tensor) -> Tensor:
+        """Keep ``table`` for ``key``, dropping the oldest one beyond ``_MAX_TABLES``."""
+        if len(self._tables) >= _MAX_TABLES:
+            self._tables.pop(next(iter(self._tables)))
+        self._tables[key] = table
+        return table
+
+    def _permute_pixels(self, g: Tensor, x: Tensor) -> Tensor:
+        # one lookup of each sample's row of source pixels plus one gather, whatever the elements
+        table = self._pixel_table(tuple(x.shape[-2:]), x.device)
+        return _gather_pixels(x, table.index_select(0, self.group.index(g)))
 
     def _roll(self, g: Tensor, x: Tensor) -> Tensor:
         # out[p] = x[p - t] (torch.roll of every sample by its own t) as one gather on the flat grid;
-        # the source index is built axis by axis, row-major like TorusTranslations.index
-        shape, d = self.group.shape, self.spatial_dims
-        src = torch.zeros((x.shape[0],) + (1,) * d, dtype=torch.long, device=x.device)
+        # the source index is a sum of one (B, n) term per axis, row-major like TorusTranslations.index
+        # (cheaper than a tabulated (order, P) = (P, P) table, and as few ops)
+        shape, d, b = self.group.shape, self.spatial_dims, x.shape[0]
+        src, stride = None, math.prod(shape)
         for axis, n in enumerate(shape):
-            view = [x.shape[0]] + [1] * d
+            stride //= n
+            idx = (torch.arange(n, device=x.device) - g[:, axis : axis + 1]) % n
+            if stride != 1:
+                idx = idx * stride
+            view = [b] + [1] * d
             view[1 + axis] = n
-            idx = (torch.arange(n, device=x.device)[None] - g[:, axis : axis + 1]) % n
-            src = src * n + idx.reshape(view)
-        flat = x.flatten(2)
-        return torch.gather(flat, 2, src.reshape(x.shape[0], 1, -1).expand(flat.shape)).reshape(x.shape)
+            idx = idx.view(view)
+            src = idx if src is None else src + idx
+        return _gather_pixels(x, src.view(b, -1))
+
+    def _theta(self, g: Tensor, h: int, w: int, dtype: torch.dtype) -> Tensor:
+        """``affine_grid`` matrices ``(B, 2, 3)`` in ``dtype`` sending each output pixel to ``g^-1 p``.
+
+        With ``M = R(t) S^f`` (``standard``), ``D = diag(1, -1)`` flipping y and grid units scaling
+        x by W/2 and y by H/2 (``s``), the linear part is ``(D M^T D)_ij s_j / s_i``; with
+        ``e = (-1)^f``: ``[[e cos t, -e sin t], [sin t, cos t]]`` rescaled, no translation. The
+        few values are computed in float64 with exactly the operations of ``standard``'s matrices
+        (so nearest-neighbour ties resolve as before) and cast once.
+        """
+        group = self.group
+        angle = group.angle(g)
+        c, s = torch.cos(angle), torch.sin(angle)
+        c0, s0 = c, s
+        if isinstance(group, (DihedralGroup, O2)):
+            sign = 1 - 2 * group.flip(g)  # integer +-1: exact
+            c0, s0 = c * sign, s * sign
+        zero = torch.zeros_like(c)
+        linear = torch.stack([c0, -s0, zero, s, c, zero], dim=1)
+        key = ((h, w), g.device)
+        scale = self._tables.get(key)
+        if scale is None:
+            sx, sy = w / 2, h / 2  # entry ij is multiplied by s_j, then divided by s_i
+            scale = [[sx, sy, 1.0, sx, sy, 1.0], [sx, sx, 1.0, sy, sy, 1.0]]
+            scale = self._remember(key, torch.tensor(scale, dtype=torch.float64).to(g.device))
+        times, over = scale.unbind()
+        return (linear * times / over).to(dtype).view(-1, 2, 3)
 
     def _resample(self, g: Tensor, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
         floating = x.is_floating_point()
         mode = self.interpolation if floating else "nearest"
         work = x if floating else x.to(torch.float64)  # float64 keeps integer labels exact
-        # input point of output pixel p is g^-1 p; in (x, y_down) pixel units that is D M^T D, with
-        # D = diag(1, -1) flipping y; normalised grid units rescale x by W/2 and y by H/2
-        m_inv = standard(self.group)(g).transpose(1, 2)
-        flip_y = torch.tensor([1.0, -1.0], dtype=torch.float64, device=x.device)
-        a = flip_y[None, :, None] * m_inv * flip_y[None, None, :]
-        scale = torch.tensor([w / 2, h / 2], dtype=torch.float64, device=x.device)
-        a = a * scale[None, None, :] / scale[None, :, None]
-        theta = torch.cat([a, a.new_zeros(b, 2, 1)], dim=2).to(work.dtype)
-        grid = F.affine_grid(theta, list(work.shape), align_corners=False)
+        theta = self._theta(g, h, w, work.dtype)
+        grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
         out = F.grid_sample(work, grid, mode=mode, padding_mode=self.padding_mode, align_corners=False)
         if floating:
             return out
         return out > 0.5 if x.dtype == torch.bool else out.round().to(x.dtype)
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _tables={})  # device tables are rebuilt on first use
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_tables", {})
