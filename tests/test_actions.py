@@ -296,7 +296,7 @@ def test_exact_action_is_a_handful_of_ops_whatever_the_elements(name, most):
     assert ops[1].count("aten.gather.default") == 1
 
 
-def test_exact_pixel_tables_are_cached_per_shape_and_bounded_and_not_pickled(monkeypatch):
+def test_pixel_tables_and_scales_are_cached_per_shape_and_bounded_and_not_pickled(monkeypatch):
     import lightning_equi.actions.images as images
 
     act = ImageAction("D4")
@@ -315,6 +315,14 @@ def test_exact_pixel_tables_are_cached_per_shape_and_bounded_and_not_pickled(mon
     clone = pickle.loads(pickle.dumps(act))
     assert clone._tables == {}
     assert torch.equal(clone(g, x), first)
+    # the resampling keeps its per-size grid constants the same way
+    so2 = ImageAction("SO2")
+    theta = SO2().sample(8, generator=gen())
+    rotated = so2(theta, x)
+    assert list(so2._grids) == [((5, 5), x.device, x.dtype)] and so2._tables == {}
+    clone = pickle.loads(pickle.dumps(so2))
+    assert clone._grids == {}
+    assert torch.equal(clone(theta, x), rotated)
 
 
 # ---------------------------------------------------------------- images, interpolated
@@ -377,17 +385,22 @@ def test_padding_mode_and_interpolation_are_used():
     assert set(near.flatten().tolist()) <= set(y.flatten().tolist())
 
 
-def reference_resample(group, g, x, mode="bilinear", padding_mode="zeros"):
-    """The previous implementation: ``D M^T D`` from ``standard(group)`` in float64, cast at the end."""
-    import torch.nn.functional as F
-
-    b, _, h, w = x.shape
+def reference_theta(group, g, shape):
+    """The previous construction: ``D M^T D`` from ``standard(group)`` in float64, rescaled."""
+    h, w = shape
     m_inv = standard(group)(g).transpose(1, 2)
     flip_y = torch.tensor([1.0, -1.0], dtype=torch.float64)
     a = flip_y[None, :, None] * m_inv * flip_y[None, None, :]
     scale = torch.tensor([w / 2, h / 2], dtype=torch.float64)
     a = a * scale[None, None, :] / scale[None, :, None]
-    theta = torch.cat([a, a.new_zeros(b, 2, 1)], dim=2).to(x.dtype)
+    return torch.cat([a, a.new_zeros(len(g), 2, 1)], dim=2)
+
+
+def reference_resample(group, g, x, mode="bilinear", padding_mode="zeros"):
+    """The previous implementation: ``F.affine_grid`` of :func:`reference_theta`, cast to the data."""
+    import torch.nn.functional as F
+
+    theta = reference_theta(group, g, x.shape[-2:]).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
 
@@ -406,7 +419,10 @@ def test_resampling_is_bit_identical_to_the_float64_matrix_construction(name, sh
         out = act(g, x)
         assert out.dtype == dtype
         assert torch.equal(out, reference_resample(group, g, x, interpolation, padding))
-    assert ImageAction(group, exact=False)._theta(g, *shape, dtype).dtype == dtype
+    grid = ImageAction(group, exact=False)._grid(g, *shape, dtype)
+    assert grid.dtype == dtype
+    theta = reference_theta(group, g, shape).to(dtype)
+    assert torch.equal(grid, torch.nn.functional.affine_grid(theta, [len(g), 1, *shape], align_corners=False))
 
 
 def test_resampled_masks_match_the_float64_construction_exactly():

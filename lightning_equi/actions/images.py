@@ -11,6 +11,7 @@ rotation ``R(pi/2)`` of :func:`~lightning_equi.groups.standard` and the mirror `
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,11 @@ __all__ = ["ImageAction"]
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 PADDING_MODES = ("zeros", "border", "reflection")
 _PLANAR = (CyclicGroup, DihedralGroup, SO2, O2)
-# pixel tables (exact) or grid scales (resampling) are kept for this many (H, W, device)
+# pixel tables (exact) and grid constants (resampling) are kept for this many image sizes
 _MAX_TABLES = 8
+_K = TypeVar("_K")
+_T = TypeVar("_T")
+_Key = tuple[tuple[int, int], torch.device]
 
 
 def _quarter(group: Group) -> int | None:
@@ -42,6 +46,14 @@ def _quarter(group: Group) -> int | None:
     if isinstance(group, (CyclicGroup, DihedralGroup)) and group.n in (1, 2, 4):
         return 4 // group.n
     return None
+
+
+def _remember(cache: dict[_K, _T], key: _K, value: _T) -> _T:
+    """Keep ``value`` for ``key``, dropping the oldest entry beyond ``_MAX_TABLES``."""
+    if len(cache) >= _MAX_TABLES:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
 
 
 def _gather_pixels(x: Tensor, src: Tensor) -> Tensor:
@@ -113,8 +125,9 @@ class ImageAction(Action):
                 f"{group.name} translates by whole pixels, which is always exact; pass exact=None"
             )
         self.exact = bool(exact)
-        # per (H, W, device): the exact pixel tables, or the resampling scales
-        self._tables: dict[tuple[tuple[int, int], torch.device], Tensor] = {}
+        # per (H, W, device): pixel tables of the exact action; with the dtype: resampling constants
+        self._tables: dict[_Key, Tensor] = {}
+        self._grids: dict[tuple[tuple[int, int], torch.device, torch.dtype], tuple[Tensor, ...]] = {}
         self.interpolation, self.padding_mode = interpolation, padding_mode
         self.fields = None if fields is None else FiberAction(fields, "fields")
         if self.fields is not None and self.fields.group != group:
@@ -192,14 +205,7 @@ class ImageAction(Action):
             f, k = e if mirror else (0, e)
             moved = base.flip(-1) if f else base  # the mirror acts first: (f, k) = r^k s^f
             rows.append(torch.rot90(moved, k * quarter % 4, dims=(-2, -1)))
-        return self._remember(key, torch.stack(rows).reshape(len(rows), numel).to(device))
-
-    def _remember(self, key: tuple[tuple[int, int], torch.device], table: Tensor) -> Tensor:
-        """Keep ``table`` for ``key``, dropping the oldest one beyond ``_MAX_TABLES``."""
-        if len(self._tables) >= _MAX_TABLES:
-            self._tables.pop(next(iter(self._tables)))
-        self._tables[key] = table
-        return table
+        return _remember(self._tables, key, torch.stack(rows).reshape(len(rows), numel).to(device))
 
     def _permute_pixels(self, g: Tensor, x: Tensor) -> Tensor:
         # one lookup of each sample's row of source pixels plus one gather, whatever the elements
@@ -223,14 +229,15 @@ class ImageAction(Action):
             src = idx if src is None else src + idx
         return _gather_pixels(x, src.view(b, -1))
 
-    def _theta(self, g: Tensor, h: int, w: int, dtype: torch.dtype) -> Tensor:
-        """``affine_grid`` matrices ``(B, 2, 3)`` in ``dtype`` sending each output pixel to ``g^-1 p``.
+    def _theta(self, g: Tensor, times: Tensor, over: Tensor) -> Tensor:
+        """``affine_grid`` matrices ``(B, 6)`` (rows of ``(2, 3)``), float64, mapping each output
+        pixel to ``g^-1 p``.
 
         With ``M = R(t) S^f`` (``standard``), ``D = diag(1, -1)`` flipping y and grid units scaling
         x by W/2 and y by H/2 (``s``), the linear part is ``(D M^T D)_ij s_j / s_i``; with
         ``e = (-1)^f``: ``[[e cos t, -e sin t], [sin t, cos t]]`` rescaled, no translation. The
-        few values are computed in float64 with exactly the operations of ``standard``'s matrices
-        (so nearest-neighbour ties resolve as before) and cast once.
+        values are those of the matrix product (signs are exact and ride on ``times``), so
+        nearest-neighbour ties resolve exactly as with ``standard(group)(g)``.
         """
         group = self.group
         angle = group.angle(g)
@@ -240,31 +247,42 @@ class ImageAction(Action):
             sign = 1 - 2 * group.flip(g)  # integer +-1: exact
             c0, s0 = c * sign, s * sign
         zero = torch.zeros_like(c)
-        linear = torch.stack([c0, -s0, zero, s, c, zero], dim=1)
-        key = ((h, w), g.device)
-        scale = self._tables.get(key)
-        if scale is None:
+        return torch.stack([c0, s0, zero, s, c, zero], dim=1) * times / over
+
+    def _grid(self, g: Tensor, h: int, w: int, dtype: torch.dtype) -> Tensor:
+        """``F.affine_grid(theta, (B, 1, H, W), align_corners=False)`` in ``dtype``, computed the
+        way ``affine_grid`` does (base grid ``(x, y, 1)`` times ``theta^T``, one ``bmm``) but on a
+        base grid built once per (size, device, dtype) instead of on every call."""
+        key = ((h, w), g.device, dtype)
+        grid_constants = self._grids.get(key)
+        if grid_constants is None:
             sx, sy = w / 2, h / 2  # entry ij is multiplied by s_j, then divided by s_i
-            scale = [[sx, sy, 1.0, sx, sy, 1.0], [sx, sx, 1.0, sy, sy, 1.0]]
-            scale = self._remember(key, torch.tensor(scale, dtype=torch.float64).to(g.device))
-        times, over = scale.unbind()
-        return (linear * times / over).to(dtype).view(-1, 2, 3)
+            times = torch.tensor([sx, -sy, 1.0, sx, sy, 1.0], dtype=torch.float64, device=g.device)
+            over = torch.tensor([sx, sx, 1.0, sy, sy, 1.0], dtype=torch.float64, device=g.device)
+            # affine_grid's own base grid, exactly: 1 * x + 0 * y + 0 = x
+            eye = torch.eye(2, 3, dtype=dtype, device=g.device)[None]
+            xy = F.affine_grid(eye, [1, 1, h, w], align_corners=False).view(1, h * w, 2)
+            base = torch.cat([xy, torch.ones_like(xy[..., :1])], dim=2)
+            grid_constants = _remember(self._grids, key, (times, over, base))
+        times, over, base = grid_constants
+        theta = self._theta(g, times, over).to(dtype).view(-1, 2, 3)
+        return base.expand(len(theta), -1, -1).bmm(theta.transpose(1, 2)).view(-1, h, w, 2)
 
     def _resample(self, g: Tensor, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
+        h, w = x.shape[-2:]
         floating = x.is_floating_point()
         mode = self.interpolation if floating else "nearest"
         work = x if floating else x.to(torch.float64)  # float64 keeps integer labels exact
-        theta = self._theta(g, h, w, work.dtype)
-        grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+        grid = self._grid(g, h, w, work.dtype)
         out = F.grid_sample(work, grid, mode=mode, padding_mode=self.padding_mode, align_corners=False)
         if floating:
             return out
         return out > 0.5 if x.dtype == torch.bool else out.round().to(x.dtype)
 
     def __getstate__(self) -> dict:
-        return dict(self.__dict__, _tables={})  # device tables are rebuilt on first use
+        return dict(self.__dict__, _tables={}, _grids={})  # rebuilt on first use
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_tables", {})
+        self.__dict__.setdefault("_grids", {})
