@@ -26,12 +26,12 @@ equivariance error ``E_g ||f(g x) - f(x)|| / ||f(x)||`` of the logits over those
 
 Run::
 
-    python examples/plain_digits.py                 # 30 epochs, about 1.5 minutes on 2 CPU cores
+    python examples/plain_digits.py                 # 30 epochs, under 2 minutes on 2 CPU cores
     python examples/plain_digits.py --norm group    # GroupNorm instead of BatchNorm2d (see below)
-    python examples/plain_digits.py --quick         # a few seconds: 2 epochs of 512 digits
+    python examples/plain_digits.py --quick         # smoke run, ~6 s after imports, near-chance accuracy
     python examples/plain_digits.py --modes nom equi --epochs 10 --out runs/plain
 
-What to expect, from one default run (seed 0, 2 CPU cores shared with other jobs, 80 s): nom reaches
+What to expect, from default runs (seed 0, 2 CPU cores shared with other jobs, 80-100 s): nom reaches
 1.000 on upright test digits but 0.203 on turned ones (equivariance error 1.02, relative distance to E
 0.39); aug 0.902 and 0.889 (error 0.24); equi 0.773 on both, at distance 0 from E (error 3e-7, float
 rounding). With ``--norm group`` (73 s): nom 0.989 / 0.234, aug 0.922 / 0.929, equi 0.987 / 0.987.
