@@ -296,6 +296,16 @@ def test_exact_action_is_a_handful_of_ops_whatever_the_elements(name, most):
     assert ops[1].count("aten.gather.default") == 1
 
 
+@pytest.mark.parametrize("name", ["C4", "D2", "T5x5", "T5", "SO2", "O2"])
+def test_an_empty_batch_stays_empty(name):
+    group = get_group(name)
+    shape = group.shape if isinstance(group, TorusTranslations) else (5, 5)
+    for dtype in (torch.float32, torch.int64):
+        x = torch.zeros(0, 2, *shape, dtype=dtype)
+        out = ImageAction(group)(group.sample(0), x)
+        assert out.shape == x.shape and out.dtype == dtype
+
+
 def test_pixel_tables_and_scales_are_cached_per_shape_and_bounded_and_not_pickled(monkeypatch):
     import lightning_equi.actions.images as images
 
