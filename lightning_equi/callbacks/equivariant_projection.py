@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_equi.subspace.batchnorm import PooledBatchNorms, pool_batch_statistics
 from lightning_equi.subspace.spec import ModelProjection, SymmetrySpec, resolve_spec
 
 __all__ = ["EquivariantProjection", "NO_SPEC_MESSAGE"]
@@ -53,6 +54,11 @@ class EquivariantProjection(Callback):
       running statistics are projected, and the weights too when the update may leave E: optimizers
       that are not linear in the gradient (Adam, AdamW, RMSprop, ...) acting on representations that
       are not permutations, weight decay, or clipping by value.
+    * BatchNorm layers compute their batch statistics pooled over each field's channels (escnn's
+      ``InnerBatchNorm``; :func:`~lightning_equi.subspace.batchnorm.pool_batch_statistics`) while the
+      fit runs: per-channel statistics of data that is not symmetric differ inside a field, which
+      makes the layer non-equivariant in training mode and the trained network differ from the one
+      evaluated with running statistics. The layers get their own forward back when the fit ends.
 
     Args:
         spec: the :class:`~lightning_equi.subspace.spec.SymmetrySpec` of the model, or a ready
@@ -65,6 +71,8 @@ class EquivariantProjection(Callback):
             weights in E bit for bit); ``True`` always; ``False`` never (running statistics are
             projected in every case).
         check_atol: the largest distance to E, per parameter, accepted by the check at fit start.
+        pool_batch_stats: pool BatchNorm batch statistics over each field (see above); ``False``
+            keeps each layer's per-channel statistics.
         verbose: log the decision taken for ``reproject_weights="auto"``.
 
     Raises:
@@ -86,6 +94,7 @@ class EquivariantProjection(Callback):
         spec: SymmetrySpec | ModelProjection | None = None,
         reproject_weights: Literal["auto"] | bool = "auto",
         check_atol: float = 1e-5,
+        pool_batch_stats: bool = True,
         verbose: bool = False,
     ) -> None:
         if not (reproject_weights == "auto" or isinstance(reproject_weights, bool)):
@@ -102,8 +111,12 @@ class EquivariantProjection(Callback):
             )
         self.spec = spec
         self.reproject_weights = reproject_weights
+        if not isinstance(pool_batch_stats, bool):
+            raise MisconfigurationException(f"`pool_batch_stats` must be a bool, got {pool_batch_stats!r}")
         self.check_atol = float(check_atol)
+        self.pool_batch_stats = pool_batch_stats
         self.verbose = verbose
+        self._pooled: PooledBatchNorms | None = None
         self._projection: ModelProjection | None = None
         self._reproject: bool = reproject_weights is True
         self._initialized = False  # weights projected at the start of a fit
@@ -158,6 +171,8 @@ class EquivariantProjection(Callback):
             self._reproject = bool(self.reproject_weights)
         self._remove_hooks()
         self._handles = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
+        if self.pool_batch_stats:
+            self._pooled = pool_batch_statistics(projection)
 
     @override
     def on_before_optimizer_step(
@@ -189,6 +204,9 @@ class EquivariantProjection(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._pooled is not None:
+            self._pooled.remove()
+            self._pooled = None
 
     def _check_in_subspace(self, projection: ModelProjection) -> None:
         if projection.is_equivariant(self.check_atol):

@@ -5,6 +5,7 @@ Pure torch: nothing here imports Lightning, and escnn is only ever imported lazi
 
 from lightning_equi.subspace.base import Projector, TensorAction, group_average
 from lightning_equi.subspace.basis import BasisProjector
+from lightning_equi.subspace.batchnorm import PooledBatchNorms, pool_batch_statistics
 from lightning_equi.subspace.distance import (
     layer_distances,
     relative_distance,
@@ -44,6 +45,8 @@ __all__ = [
     "resolve_spec",
     "FIELD_NAMES",
     "equivariant_init_",
+    "pool_batch_statistics",
+    "PooledBatchNorms",
     "tensor_distance",
     "relative_distance",
     "split_norms",

@@ -1,0 +1,172 @@
+"""Batch statistics pooled over each field, so that a BatchNorm layer in training mode is equivariant.
+
+``nn.BatchNorm`` normalises every channel by its own batch mean and variance. When the group permutes
+channels (the channels of a regular field are one filter turned |G| ways), per-channel statistics of
+data that is not itself symmetric differ inside a field: in training mode the layer is then not
+equivariant, and the network trained (with batch statistics) is not the one evaluated (with running
+statistics, which equi keeps in E). Pooling the statistics over each orbit of channels -- escnn's
+``InnerBatchNorm`` -- fixes both: the pooled statistics are invariant under the group acting on any
+sample, and the running statistics they feed are in E at every step.
+
+:func:`pool_batch_statistics` installs the pooled forward on every BatchNorm layer of a bound
+:class:`~lightning_equi.subspace.spec.ModelProjection` and returns a handle that restores the layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lightning_equi.subspace.base import Projector
+from lightning_equi.subspace.orbit import OrbitMeanProjector
+
+__all__ = ["PooledBatchNormForward", "PooledBatchNorms", "channel_orbits", "pool_batch_statistics"]
+
+
+def channel_orbits(projector: Projector) -> Tensor:
+    """Orbit id of each channel (numbered from 0 in order of first appearance) for the projector of a
+    normalisation layer's ``(C,)`` vectors, which averages each orbit of channels.
+
+    Example:
+        >>> from lightning_equi.groups import CyclicGroup, regular, trivial
+        >>> from lightning_equi.subspace import TensorAction
+        >>> G = CyclicGroup(4)
+        >>> channel_orbits(OrbitMeanProjector(TensorAction((5,), [(trivial(G) + regular(G), 1)])))
+        tensor([0, 1, 1, 1, 1])
+    """
+    if len(projector.shape) != 1:
+        raise ValueError(
+            f"channel_orbits needs the projector of a (C,) vector, got shape {tuple(projector.shape)}"
+        )
+    if isinstance(projector, OrbitMeanProjector):
+        return projector.ids.clone()
+    # any other exact projector of a permutation action: row c of the averaging matrix is the
+    # indicator of c's orbit over its size (C is a channel count: a C x C matrix is small)
+    n = projector.shape[0]
+    rows = torch.stack([projector.project(e) for e in torch.eye(n, dtype=torch.float64)])
+    first = (rows.abs() > 1e-9).to(torch.int8).argmax(dim=1)  # the smallest channel of each orbit
+    return torch.unique(first, return_inverse=True)[1]
+
+
+class PooledBatchNormForward:
+    """The forward of one BatchNorm layer with batch statistics pooled over each orbit of channels.
+
+    Installed as the layer's ``forward`` attribute (a plain object, so the model still pickles and
+    deep-copies). In evaluation mode with running statistics it defers to the layer's own forward.
+    Statistics are computed in float32 or wider; under DDP a ``SyncBatchNorm`` layer sums them over
+    ranks (differentiably) before pooling.
+    """
+
+    def __init__(self, module: _BatchNorm, orbits: Tensor) -> None:
+        if orbits.shape != (module.num_features,):
+            raise ValueError(
+                f"{type(module).__name__}({module.num_features}) got orbit ids for {orbits.numel()} channels"
+            )
+        self.module = module
+        self.orbits = orbits.long()
+        self.n_orbits = int(self.orbits.max()) + 1 if self.orbits.numel() else 0
+        self.orbit_size = torch.bincount(self.orbits, minlength=self.n_orbits)[self.orbits]  # per channel
+
+    def _pool(self, per_channel: Tensor) -> Tensor:
+        """Sum each orbit's entries (differentiable), per channel."""
+        orbits = self.orbits.to(per_channel.device)
+        sums = per_channel.new_zeros(self.n_orbits).index_add(0, orbits, per_channel)
+        return sums[orbits]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        m = self.module
+        batch_stats = m.training or not m.track_running_stats
+        if not batch_stats:
+            return type(m).forward(m, x)
+        if x.dim() < 2 or x.shape[1] != m.num_features:
+            raise ValueError(
+                f"{type(m).__name__}({m.num_features}) expects (N, {m.num_features}, ...) inputs, "
+                f"got {tuple(x.shape)}"
+            )
+        acc = torch.promote_types(x.dtype, torch.float32)
+        dims = [0, *range(2, x.dim())]
+        xs = x.to(acc)
+        s1, s2 = xs.sum(dims), xs.square().sum(dims)
+        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=acc, device=x.device)
+        if isinstance(m, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized():
+            from torch.distributed.nn.functional import all_reduce
+
+            stacked = all_reduce(torch.cat([s1, s2, count[None]]))
+            s1, s2, count = stacked[: s1.numel()], stacked[s1.numel() : -1], stacked[-1]
+        n = count * self.orbit_size.to(device=x.device, dtype=acc)  # entries pooled per channel
+        if m.training and bool((n <= 1).any()):
+            raise ValueError(
+                f"{type(m).__name__}: expected more than 1 value per field in training, got input of shape "
+                f"{tuple(x.shape)}"
+            )
+        mean = self._pool(s1) / n
+        var = (self._pool(s2) / n - mean.square()).clamp_min(0)
+        if m.training and m.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), n)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        scale = torch.rsqrt(var + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight.to(acc)
+        shift = -mean * scale
+        if m.bias is not None:
+            shift = shift + m.bias.to(acc)
+        return (xs * scale.reshape(shape) + shift.reshape(shape)).to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
+        m = self.module
+        m.num_batches_tracked.add_(1)
+        factor = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
+        unbiased = var * n / (n - 1)
+        m.running_mean.mul_(1 - factor).add_(mean.to(m.running_mean.dtype), alpha=factor)
+        m.running_var.mul_(1 - factor).add_(unbiased.to(m.running_var.dtype), alpha=factor)
+
+
+class PooledBatchNorms:
+    """What :func:`pool_batch_statistics` installed: ``layers`` (names), and :meth:`remove`."""
+
+    def __init__(self, installed: dict[str, _BatchNorm]) -> None:
+        self.installed = installed
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.installed)
+
+    def remove(self) -> None:
+        """Give every layer its own forward back."""
+        for module in self.installed.values():
+            if isinstance(module.__dict__.get("forward"), PooledBatchNormForward):
+                del module.forward
+        self.installed = {}
+
+
+def pool_batch_statistics(projection) -> PooledBatchNorms:
+    """Pool the batch statistics of every BatchNorm layer of ``projection`` over its channel orbits.
+
+    Layers whose tensors the spec leaves free, and layers already pooled, are left as they are.
+
+    Example:
+        >>> from lightning_equi.subspace import SymmetrySpec
+        >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8))
+        >>> projection = SymmetrySpec("C4").layer("0", "trivial", "regular").bind(net)
+        >>> pooled = pool_batch_statistics(projection)
+        >>> pooled.layers
+        ['1']
+        >>> projection.project_parameters_()
+        >>> _ = net(torch.randn(4, 1, 6, 6))  # training mode: pooled batch statistics ...
+        >>> projection.is_equivariant()  # ... so the running statistics they update stay in E
+        True
+        >>> pooled.remove()
+    """
+    installed: dict[str, _BatchNorm] = {}
+    for entry in projection.entries:
+        module = entry.module
+        if not isinstance(module, _BatchNorm) or entry.layer in installed:
+            continue
+        if isinstance(module.__dict__.get("forward"), PooledBatchNormForward):
+            continue
+        module.forward = PooledBatchNormForward(module, channel_orbits(entry.projector))
+        installed[entry.layer] = module
+    return PooledBatchNorms(installed)
