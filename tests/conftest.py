@@ -35,3 +35,28 @@ def _seed_and_dtype() -> Iterator[None]:
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def quiet_trainer(tmp_path):
+    """``quiet_trainer(callbacks, **options)``: a CPU Trainer with no logger, progress bar, summary or
+    checkpoints, writing under the test's ``tmp_path``, with Lightning's tiny-data warnings silenced."""
+    import warnings
+
+    import lightning as L
+
+    def make(callbacks, **options):
+        settings = dict(
+            default_root_dir=tmp_path,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+        settings.update(options)
+        return L.Trainer(callbacks=callbacks, **settings)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        yield make

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-import warnings
 
 import lightning as L
 import pytest
@@ -178,22 +177,11 @@ class _TrainModeProbe(L.Callback):
 
 
 @pytest.mark.parametrize("pool", [True, False])
-def test_equi_callback_pools_batch_norm_during_the_fit_only(tmp_path, pool):
+def test_equi_callback_pools_batch_norm_during_the_fit_only(quiet_trainer, pool):
     L.seed_everything(0, verbose=False)
     model = BoringEquiModel(channels=8, size=6, n_samples=32, batch_size=8)
     probe = _TrainModeProbe()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*LeafSpec.*")
-        L.Trainer(
-            default_root_dir=tmp_path,
-            max_steps=6,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            callbacks=[EquivariantProjection(pool_batch_stats=pool), probe],
-        ).fit(model)
+    quiet_trainer([EquivariantProjection(pool_batch_stats=pool), probe], max_steps=6).fit(model)
     assert probe.patched == [pool] * 6
     if pool:
         assert max(probe.errors) < 1e-5, probe.errors

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import lightning as L
 import pytest
 import torch
@@ -27,7 +25,7 @@ class _Trace(Callback):
 
 
 @pytest.mark.parametrize(("optimizer", "lr"), [("adam", 0.02), ("rmsprop", 0.005)])
-def test_equi_stays_in_E_for_thousands_of_adaptive_steps(tmp_path, optimizer, lr):
+def test_equi_stays_in_E_for_thousands_of_adaptive_steps(quiet_trainer, optimizer, lr):
     # C3 acting on the plane by the standard representation: the equivariant weights have entries
     # cos(2 pi k / 3), which an elementwise optimizer moves off E at every step (see the negative
     # control in test_callbacks.py), so this exercises gradient *and* weight re-projection each step
@@ -36,18 +34,7 @@ def test_equi_stays_in_E_for_thousands_of_adaptive_steps(tmp_path, optimizer, lr
     model = IrrepsEquiModel(group="C3", optimizer=optimizer, lr=lr, n_samples=64, batch_size=16)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     trace = _Trace(every=250)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*LeafSpec.*")
-        L.Trainer(
-            default_root_dir=tmp_path,
-            max_steps=2000,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            callbacks=[EquivariantProjection(), trace],
-        ).fit(model)
+    quiet_trainer([EquivariantProjection(), trace], max_steps=2000).fit(model)
     assert len(trace.trace) == 8
     assert max(trace.trace) < 1e-6, f"left E during training: {trace.trace}"
     # the weights travelled far from their start (the test is not vacuous) ...
@@ -72,24 +59,13 @@ class _LBFGSModel(IrrepsEquiModel):
         return torch.optim.LBFGS(self.parameters(), lr=0.1, max_iter=5, line_search_fn="strong_wolfe")
 
 
-def test_equi_stays_in_E_under_a_closure_optimizer(tmp_path):
+def test_equi_stays_in_E_under_a_closure_optimizer(quiet_trainer):
     torch.set_num_threads(1)
     ends = {}
     for mode, callbacks in (("equi", [EquivariantProjection()]), ("nom", [])):
         L.seed_everything(0, verbose=False)
         model = _LBFGSModel(group="C3", n_samples=64, batch_size=16)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*LeafSpec.*")
-            L.Trainer(
-                default_root_dir=tmp_path,
-                max_steps=30,
-                logger=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                enable_checkpointing=False,
-                callbacks=callbacks,
-            ).fit(model)
+        quiet_trainer(callbacks, max_steps=30).fit(model)
         ends[mode] = float(resolve_spec(model).relative_total_distance())
     assert ends["equi"] < 1e-6, ends
     assert ends["nom"] > 0.05, ends  # the negative control: LBFGS alone leaves E
