@@ -47,6 +47,13 @@ def test_group_comes_from_the_spec():
     assert aug.group.name == "C4"
 
 
+def test_aug_group_comes_from_the_models_symmetry_spec():
+    _, aug = build_callbacks("aug", model=BoringEquiModel(), monitor=True)
+    assert aug.group.name == "C4"
+    _, aug = build_callbacks("aug", group="C2", model=BoringEquiModel())  # an explicit group wins
+    assert aug.group.name == "C2"
+
+
 def test_callbacks_pickle_for_ddp_spawn():
     for mode in MODES:
         pickle.loads(pickle.dumps(build_callbacks(mode, group="C4", seed=0)))

@@ -56,14 +56,15 @@ def build_callbacks(
 
     Args:
         mode: ``"nom"``, ``"aug"`` or ``"equi"``.
-        group: the group, by name; ``aug`` needs it unless ``spec`` gives it.
+        group: the group, by name; ``aug`` needs it unless ``spec`` or ``model.symmetry_spec()`` gives it.
         spec: the model's :class:`~lightning_equi.subspace.spec.SymmetrySpec`; ``None`` uses the model's
             ``symmetry_spec()`` method (``equi`` and the monitor need one or the other).
         inputs: the action on the inputs (``"image"``, an Action, or ``{batch key: action}``).
         targets: the action on the targets (``None`` for invariant targets); with ``outputs``
             unset, the monitor uses it for the model's outputs.
         monitor: add an :class:`EquivarianceMonitor`.
-        model: optional: the model, to check now that ``equi`` will find its spec.
+        model: optional: the model, to check now that ``equi`` will find its spec, and whose
+            ``symmetry_spec()`` gives ``aug`` its group when ``group`` and ``spec`` are unset.
         kwargs: options of the callbacks, by name: ``per_sample``, ``copies``, ``orbit``, ``seed``
             (HaarAugmentation), ``reproject_weights``, ``check_atol`` (EquivariantProjection),
             ``every_n_steps``, ``probe_batch``, ``log_functional_error``, ``probe_size``, ...
@@ -95,6 +96,8 @@ def build_callbacks(
         )
     if group is None and spec is not None:
         group = spec.group
+    if group is None and mode == "aug" and callable(getattr(model, "symmetry_spec", None)):
+        group = model.symmetry_spec().group  # the group the model declares
     callbacks: list[Callback] = []
     if monitor:
         single = inputs is not None and not isinstance(inputs, Mapping)
@@ -111,7 +114,8 @@ def build_callbacks(
             )
         if group is None:
             raise MisconfigurationException(
-                "mode='aug' needs the group to sample from: pass group='C4' (or another name)"
+                "mode='aug' needs the group to sample from: pass group='C4' (or another name), spec=..., or "
+                "model=... with a symmetry_spec() method"
             )
         options = {k: v for k, v in kwargs.items() if k in _AUG}
         callbacks.append(HaarAugmentation(_name(group), inputs=inputs, targets=targets, **options))
