@@ -193,3 +193,64 @@ def test_equi_callback_pools_batch_norm_during_the_fit_only(quiet_trainer, pool)
 def test_pool_batch_stats_must_be_a_bool():
     with pytest.raises(MisconfigurationException, match="`pool_batch_stats` must be a bool, got 'yes'"):
         EquivariantProjection(pool_batch_stats="yes")
+
+
+_SYNC_SCRIPT = """
+import os, sys
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+from torch import nn
+from lightning_equi.subspace import SymmetrySpec, pool_batch_statistics
+
+def run(rank, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    x = torch.randn(6, 8, 3, 3) * 2 + torch.arange(8.0)[:, None, None]  # the global batch
+    mine = x[3 * rank : 3 * rank + 3].clone().requires_grad_(True)
+    bn = nn.SyncBatchNorm(8, momentum=0.5)
+    pool_batch_statistics(SymmetrySpec("C4").norm("0", fields="regular").bind(nn.Sequential(bn)))
+    y = bn(mine)
+    (y.square() * torch.arange(8.0)[:, None, None]).sum().backward()
+    # the reference: InnerBatchNorm (BatchNorm3d over fields) on the whole batch, in one process
+    ref = nn.BatchNorm3d(2, momentum=0.5)
+    xr = x.reshape(6, 2, 4, 3, 3).clone().requires_grad_(True)
+    yr = ref(xr).reshape(6, 8, 3, 3)
+    (yr.square() * torch.arange(8.0)[:, None, None]).sum().backward()
+    part = slice(3 * rank, 3 * rank + 3)
+    ok = [
+        torch.allclose(y, yr[part], atol=1e-5),
+        torch.allclose(bn.running_mean, ref.running_mean.repeat_interleave(4), atol=1e-6),
+        torch.allclose(bn.running_var, ref.running_var.repeat_interleave(4), atol=1e-5),
+        torch.allclose(mine.grad, xr.grad.reshape(6, 8, 3, 3)[part], atol=1e-4),
+    ]
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(" ".join(str(v) for v in ok))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(sys.argv[1],), nprocs=2)
+"""
+
+
+def test_sync_batch_norm_pools_over_the_global_batch(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = tmp_path / "sync_bn.py"
+    script.write_text(_SYNC_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), port],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):  # output, running statistics, input gradient: as one process on the whole batch
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "True True True True"
