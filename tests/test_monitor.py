@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_equi.callbacks import TAGS, EquivarianceMonitor, EquivariantProjection, build_callbacks
 from lightning_equi.metrics import EquivarianceError, equivariance_error, relative_errors
 from lightning_equi.subspace.spec import SymmetrySpec
-from lightning_equi.testing import BoringEquiModel
+from lightning_equi.testing import BoringEquiModel, IrrepsEquiModel
 
 
 @pytest.fixture(autouse=True)
@@ -290,3 +290,29 @@ def test_monitor_without_spec(tmp_path):
         match=r"(?s)EquivarianceMonitor needs the symmetry spec.*leave the monitor out",
     ):
         _fit(tmp_path, _NoSpecModel(), [EquivarianceMonitor()], max_steps=1)
+
+
+class _ReluOnRotations(IrrepsEquiModel):
+    """Weights in E, but a ReLU on SO(2)-standard fields: not equivariant, whatever the weights."""
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("broken", [True, False])
+def test_monitor_warns_when_weights_in_E_do_not_make_an_equivariant_network(tmp_path, broken):
+    L.seed_everything(0, verbose=False)
+    model = (_ReluOnRotations if broken else IrrepsEquiModel)(n_samples=16, batch_size=8)
+    monitor = EquivarianceMonitor(inputs="points", outputs="points", every_n_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, model, [monitor, EquivariantProjection()], max_steps=3)
+    hits = [w for w in caught if "the weights are in E" in str(w.message)]
+    if broken:
+        assert len(hits) == 1  # once, not at every measurement
+        assert "ReLU after 'standard'" in str(hits[0].message)
+        assert monitor.history[-1]["equi/functional_error"] > 1e-3  # (step 0 has no probe yet)
+    else:
+        assert hits == []
+        errors = [h["equi/functional_error"] for h in monitor.history if "equi/functional_error" in h]
+        assert errors and max(errors) < 1e-5

@@ -159,6 +159,7 @@ class EquivarianceMonitor(Callback):
         self._last_step = -1
         self._act_in: Action | None = None
         self._act_out: Action | None = None
+        self._warned_not_equivariant = False
 
     @property
     def projection(self) -> ModelProjection | None:
@@ -303,6 +304,7 @@ class EquivarianceMonitor(Callback):
 
     def _measure_and_log(self, trainer: Trainer, pl_module: LightningModule, in_hook: bool = True) -> None:
         values = self.measure(pl_module)
+        self._diagnose(values)
         step = trainer.global_step
         self._last_step = step
         floats = {k: float(v) for k, v in values.items()}
@@ -311,6 +313,30 @@ class EquivarianceMonitor(Callback):
             logger.log_metrics(floats, step=step)
         if in_hook:  # pl_module.log is not allowed in on_train_start
             pl_module.log_dict({k: v.float() for k, v in values.items()}, logger=False, sync_dist=False)
+
+    def _diagnose(self, values: dict[str, Tensor]) -> None:
+        """Warn once when the weights are in E but the network is not equivariant on the probe: then
+        something other than the weights breaks equivariance, which no projection can fix."""
+        if self._warned_not_equivariant or "equi/functional_error" not in values:
+            return
+        in_E = float(values["equi/rel_dist_to_E/total"]) < _IN_E
+        exact = values.get("equi/functional_error_exact", values["equi/functional_error"])
+        # only resampling an image makes a large error natural; rotating coordinates only rounds them
+        interpolated = not bool(self._probe["exact"].any()) and _interpolates(self._act_in)
+        if not in_E or interpolated or not float(exact) > _NOT_EQUIVARIANT:
+            return
+        self._warned_not_equivariant = True
+        distance = float(values["equi/rel_dist_to_E/total"])
+        rank_zero_warn(
+            f"EquivarianceMonitor: the weights are in E (relative distance {distance:.1e}) but the network "
+            f"is not equivariant on the probe batch (functional error {float(exact):.2g} over group "
+            "elements that act exactly). Something besides the weights breaks equivariance: a pointwise "
+            "nonlinearity on fields that are not permutation representations (e.g. ReLU after 'standard' "
+            "or 'irrep<k>' fields: use a norm nonlinearity or regular fields), a stride, padding or "
+            "pooling that does not commute with the group at this input size (see "
+            "lightning_equi.adapters.grid_lint), a layer the spec marks free, or `inputs`/`outputs` "
+            "actions that do not match the spec's first and last layers."
+        )
 
     def _functional_error(self, pl_module: LightningModule) -> dict[str, Tensor]:
         x, g, exact = self._probe["x"], self._probe["g"], self._probe["exact"].bool()
@@ -395,6 +421,17 @@ class EquivarianceMonitor(Callback):
         self._probe = state_dict.get("probe")
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self._last_step = int(state_dict.get("last_step", -1))
+
+
+# "in E": float32 rounding of a projection; "not equivariant": far above float32 rounding of a forward pass
+_IN_E = 1e-6
+_NOT_EQUIVARIANT = 1e-3
+
+
+def _interpolates(action: Action | None) -> bool:
+    """Whether the action resamples data on a grid (an image action that is not exact)."""
+    spatial = getattr(action, "spatial", action)  # GeometricTensorAction moves its base space by one
+    return isinstance(spatial, ImageAction) and not spatial.exact
 
 
 def _grid_elements(group: Group) -> Tensor | None:
