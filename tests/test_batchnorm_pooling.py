@@ -42,6 +42,7 @@ def test_pooled_statistics_are_inner_batch_norm():
         ref.bias.copy_(bn.bias[::4])
     pooled = pool_batch_statistics(projection)
     assert pooled.layers == ["0"]
+    assert bn.forward.block == 4  # equal consecutive fields: the native kernel on (N, 3, 4, H, W)
     for step in range(3):
         x = torch.randn(5, 12, 6, 6, dtype=torch.float64) * (1 + step) + step
         x32 = x.float().requires_grad_(True)
@@ -254,3 +255,33 @@ def test_sync_batch_norm_pools_over_the_global_batch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):  # output, running statistics, input gradient: as one process on the whole batch
         assert (tmp_path / f"rank{rank}.txt").read_text() == "True True True True"
+
+
+def test_mixed_fields_pool_each_orbit_separately():
+    """Scalar + regular fields (the general path): per-channel statistics for the scalar, pooled ones
+    for each regular field, as two reference batch norms would compute them."""
+    rho = trivial(G) + regular(G) * 2  # channels: [scalar, field 1 (4), field 2 (4)]
+    bn = nn.BatchNorm2d(9, momentum=0.2)
+    net = nn.Sequential(bn)
+    projection = SymmetrySpec(G).norm("0", fields=rho).bind(net)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.normal_()
+    projection.project_parameters_()
+    pooled = pool_batch_statistics(projection)
+    assert pooled.installed["0"].forward.block is None  # not one block size: the general path
+    scalar, fields = nn.BatchNorm2d(1, momentum=0.2), nn.BatchNorm3d(2, momentum=0.2)
+    with torch.no_grad():
+        scalar.weight.copy_(bn.weight[:1]), scalar.bias.copy_(bn.bias[:1])
+        fields.weight.copy_(bn.weight[1::4]), fields.bias.copy_(bn.bias[1::4])
+    for _ in range(2):
+        x = (torch.randn(4, 9, 5, 5) * torch.linspace(1, 3, 9)[:, None, None]).requires_grad_(True)
+        y = bn(x)
+        ref = torch.cat([scalar(x[:, :1]), fields(x[:, 1:].reshape(4, 2, 4, 5, 5)).reshape(4, 8, 5, 5)], 1)
+        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+        gx = torch.autograd.grad((y * torch.arange(9.0)[:, None, None]).square().sum(), x)[0]
+        gref = torch.autograd.grad((ref * torch.arange(9.0)[:, None, None]).square().sum(), x)[0]
+        torch.testing.assert_close(gx, gref, atol=1e-3, rtol=1e-4)
+    expected = torch.cat([scalar.running_var, fields.running_var.repeat_interleave(4)])
+    torch.testing.assert_close(bn.running_var, expected, atol=1e-6, rtol=1e-6)
+    assert projection.is_equivariant(atol=1e-6)

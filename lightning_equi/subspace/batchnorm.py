@@ -68,6 +68,12 @@ class PooledBatchNormForward:
         self.orbits = orbits.long()
         self.n_orbits = int(self.orbits.max()) + 1 if self.orbits.numel() else 0
         self.orbit_size = torch.bincount(self.orbits, minlength=self.n_orbits)[self.orbits]  # per channel
+        # fields of one size k on consecutive channels (regular fields; k = 1: scalars) need no pooling
+        # code: (N, C, ...) viewed as (N, C / k, k, ...) is InnerBatchNorm for the native kernel
+        k = int(self.orbit_size[0]) if self.orbits.numel() else 1
+        blocks = torch.arange(self.orbits.numel()) // k
+        regular = torch.equal(self.orbits, blocks) and not isinstance(module, nn.SyncBatchNorm)
+        self.block = k if regular else None
 
     def _pool(self, per_channel: Tensor) -> Tensor:
         """Sum each orbit's entries (differentiable), per channel."""
@@ -85,6 +91,15 @@ class PooledBatchNormForward:
                 f"{type(m).__name__}({m.num_features}) expects (N, {m.num_features}, ...) inputs, "
                 f"got {tuple(x.shape)}"
             )
+        if m.training and x.numel() // x.shape[1] * int(self.orbit_size.min()) <= 1:
+            raise ValueError(
+                f"{type(m).__name__}: expected more than 1 value per field in training, got input of shape "
+                f"{tuple(x.shape)}"
+            )
+        if self.block == 1:  # every channel its own orbit: per-channel statistics are the pooled ones
+            return type(m).forward(m, x)
+        if self.block is not None:
+            return self._blocks(x)
         acc = torch.promote_types(x.dtype, torch.float32)
         dims = [0, *range(2, x.dim())]
         xs = x.to(acc)
@@ -96,11 +111,6 @@ class PooledBatchNormForward:
             stacked = all_reduce(torch.cat([s1, s2, count[None]]))
             s1, s2, count = stacked[: s1.numel()], stacked[s1.numel() : -1], stacked[-1]
         n = count * self.orbit_size.to(device=x.device, dtype=acc)  # entries pooled per channel
-        if m.training and bool((n <= 1).any()):
-            raise ValueError(
-                f"{type(m).__name__}: expected more than 1 value per field in training, got input of shape "
-                f"{tuple(x.shape)}"
-            )
         mean = self._pool(s1) / n
         var = (self._pool(s2) / n - mean.square()).clamp_min(0)
         if m.training and m.track_running_stats:
@@ -113,6 +123,31 @@ class PooledBatchNormForward:
         if m.bias is not None:
             shift = shift + m.bias.to(acc)
         return (xs * scale.reshape(shape) + shift.reshape(shape)).to(x.dtype)
+
+    def _blocks(self, x: Tensor) -> Tensor:
+        """Equal consecutive fields: one native batch norm over ``(N, fields, k, ...)`` with the field
+        means of the affine parameters (equal to them in E; their gradient is the projected one) and
+        field-level running statistics, written back to the channels."""
+        m, k = self.module, self.block
+        fields = m.num_features // k
+        track = m.training and m.track_running_stats
+        factor = 0.0
+        if track:
+            m.num_batches_tracked.add_(1)
+            factor = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
+        running = m.running_mean is not None and (track or not m.training)
+        mean = m.running_mean.view(fields, k)[:, 0].clone() if running else None  # in E: one per field
+        var = m.running_var.view(fields, k)[:, 0].clone() if running else None
+        weight = None if m.weight is None else m.weight.view(fields, k).mean(1)
+        bias = None if m.bias is None else m.bias.view(fields, k).mean(1)
+        y = nn.functional.batch_norm(
+            x.reshape(x.shape[0], fields, k, *x.shape[2:]), mean, var, weight, bias, True, factor, m.eps
+        )
+        if track:
+            with torch.no_grad():
+                m.running_mean.copy_(mean.repeat_interleave(k))
+                m.running_var.copy_(var.repeat_interleave(k))
+        return y.reshape(x.shape)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
