@@ -31,9 +31,9 @@ Run::
     python examples/plain_digits.py --quick         # smoke run, ~6 s after imports, near-chance accuracy
     python examples/plain_digits.py --modes nom equi --epochs 10 --out runs/plain
 
-What to expect, from a default run (seed 0, 2 CPU cores shared with other jobs, 71 s): nom reaches
+What to expect, from a default run (seed 0, 2 CPU cores, 73 s): nom reaches
 1.000 on upright test digits but 0.203 on turned ones (equivariance error 1.02, relative distance to E
-0.39); aug 0.902 and 0.889 (error 0.24); equi 0.873 on both, at distance 0 from E (error 3e-7, float
+0.39); aug 0.902 and 0.889 (error 0.24); equi 0.918 on both, at distance 0 from E (error 3e-7, float
 rounding). With ``--norm group`` (73 s): nom 0.989 / 0.234, aug 0.922 / 0.929, equi 0.987 / 0.987.
 
 ``BatchNorm2d`` and equi: in training mode a batch norm divides each channel by its own batch
