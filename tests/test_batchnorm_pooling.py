@@ -13,7 +13,7 @@ from torch import nn
 
 from lightning_equi.callbacks import EquivariantProjection
 from lightning_equi.groups import CyclicGroup, SymmetricGroup, TorusTranslations, regular, standard, trivial
-from lightning_equi.subspace import SymmetrySpec, TensorAction, make_projector, orbit_ids
+from lightning_equi.subspace import BasisProjector, SymmetrySpec, TensorAction, make_projector, orbit_ids
 from lightning_equi.subspace.batchnorm import PooledBatchNormForward, channel_orbits, pool_batch_statistics
 from lightning_equi.testing import BoringEquiModel
 
@@ -133,15 +133,17 @@ def test_no_running_statistics_pools_in_eval_too_and_half_precision():
     torch.testing.assert_close(yb.float(), y, atol=5e-2, rtol=5e-2)
 
 
-def test_channel_orbits_of_every_projector_kind():
+def test_channel_orbits_from_orbit_ids_and_from_any_other_exact_projector():
     cases = [
-        trivial(G) + regular(G) * 2,
-        standard(TorusTranslations((3, 2))) * 2,  # a Fourier projector on a vector
-        standard(SymmetricGroup(5)) + trivial(SymmetricGroup(5)),  # closed-form S_n
+        (trivial(G) + regular(G) * 2, make_projector, "orbit-mean"),  # read off the projector's ids
+        (standard(TorusTranslations((3, 2))) * 2, make_projector, "fourier"),  # from its averaging matrix
+        (standard(SymmetricGroup(5)) + trivial(SymmetricGroup(5)), BasisProjector, "basis"),
     ]
-    for rho in cases:
+    for rho, build, kind in cases:
         action = TensorAction((rho.dim,), [(rho, 1)])
-        torch.testing.assert_close(channel_orbits(make_projector(action)), orbit_ids(action), rtol=0, atol=0)
+        projector = build(action)
+        assert projector.kind == kind
+        torch.testing.assert_close(channel_orbits(projector), orbit_ids(action), rtol=0, atol=0)
 
 
 def test_refusals():
