@@ -2,7 +2,10 @@
 
 The functional backend follows torchmetrics' layout: :func:`_equivariance_error_update` turns one
 batch into sufficient statistics (sums and counts, in float64), :func:`_equivariance_error_compute`
-turns them into the value, and :func:`equivariance_error` chains the two. :class:`EquivarianceError`
+turns them into the value, and :func:`equivariance_error` chains the two. :func:`transformed_outputs`
+evaluates a model on transformed inputs (``f(g x)``, ``g f(x)``, ``f(x)`` for a set of elements), and
+:func:`model_equivariance_error` chains it with :func:`equivariance_error`: the one place where
+"evaluate f(g x) and g f(x) and compare" is written. :class:`EquivarianceError`
 keeps the same statistics as summed states, so under DDP every rank contributes its own probe
 samples and ``compute()`` returns the same value everywhere.
 
@@ -14,14 +17,24 @@ the data introduces.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
-__all__ = ["EquivarianceError", "equivariance_error", "relative_errors"]
+if TYPE_CHECKING:
+    from lightning_equi.actions import Action
+
+__all__ = [
+    "EquivarianceError",
+    "equivariance_error",
+    "relative_errors",
+    "transformed_outputs",
+    "model_equivariance_error",
+]
 
 _NAN_STRATEGIES = ("error", "warn", "ignore")
 
@@ -135,6 +148,100 @@ def equivariance_error(
         "exact": _equivariance_error_compute(s_e, n_e),
         "inexact": _equivariance_error_compute(s_i, n_i),
     }
+
+
+def _repeat(x: Tensor, copies: int) -> Tensor:
+    return x.repeat(copies, *([1] * (x.dim() - 1)))
+
+
+def transformed_outputs(
+    model: nn.Module | Callable[[Tensor], Tensor],
+    x: Tensor,
+    g: Tensor,
+    act_in: Action,
+    act_out: Action | None = None,
+    eval_mode: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(f(g x), g f(x), f(x))`` for ``k`` elements per sample of ``x``, ready for :func:`equivariance_error`.
+
+    ``g`` holds ``k * B`` elements for the ``B`` samples of ``x``: sample ``i`` of copy ``c`` is
+    transformed by ``g[c * B + i]`` (so ``G.elements().repeat_interleave(B, dim=0)`` probes every sample
+    with every element). ``f(x)`` is evaluated once and repeated. The model runs without gradients and,
+    if it is an ``nn.Module`` and ``eval_mode``, in eval mode (its mode is restored afterwards).
+
+    Args:
+        model: the model ``f``, or any function of a batch.
+        x: the inputs, ``(B, ...)``.
+        g: the elements, ``k * B`` of them.
+        act_in: the action on the inputs.
+        act_out: the action on the outputs; ``None`` for invariant outputs (``g f(x) = f(x)``).
+        eval_mode: evaluate an ``nn.Module`` in eval mode.
+
+    Raises:
+        ValueError: if the number of elements is not a positive multiple of the batch size.
+
+    Example:
+        >>> from lightning_equi.actions import ImageAction
+        >>> act = ImageAction("C4")
+        >>> x = torch.rand(2, 1, 5, 5)
+        >>> g = act.group.elements().repeat_interleave(2, dim=0)  # 4 elements x 2 samples
+        >>> f_gx, g_fx, fx = transformed_outputs(lambda t: t.sum(dim=(1, 2, 3)), x, g, act)
+        >>> f_gx.shape, torch.allclose(f_gx, g_fx)
+        (torch.Size([8]), True)
+    """
+    batch = x.shape[0]
+    if batch == 0 or g.shape[0] == 0 or g.shape[0] % batch:
+        raise ValueError(
+            f"Expected k * {batch} group elements for a batch of {batch} samples, but got {g.shape[0]}"
+        )
+    copies = g.shape[0] // batch
+    module = model if isinstance(model, nn.Module) and eval_mode else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        with torch.no_grad():
+            fx = _repeat(model(x), copies)
+            f_gx = model(act_in(g, _repeat(x, copies)))
+            g_fx = fx if act_out is None else act_out(g, fx)
+    finally:
+        if module is not None:
+            module.train(was_training)
+    return f_gx, g_fx, fx
+
+
+def model_equivariance_error(
+    model: nn.Module | Callable[[Tensor], Tensor],
+    x: Tensor,
+    g: Tensor,
+    act_in: Action,
+    act_out: Action | None = None,
+    exact: Tensor | bool | None = None,
+    eps: float = 1e-12,
+    eval_mode: bool = True,
+) -> dict[str, Tensor]:
+    """The functional equivariance error of a model, ``E ||f(g x) - g f(x)|| / ||f(x)||``, split by exactness.
+
+    :func:`transformed_outputs` followed by :func:`equivariance_error` (see both for the arguments).
+    ``exact`` flags the elements that act exactly on the data; ``None`` asks the input action
+    (``act_in.exact_mask(g)``).
+
+    Returns:
+        ``{"total": ..., "exact": ..., "inexact": ...}`` (float64); a part with no samples is NaN.
+
+    Example:
+        >>> from lightning_equi.actions import ImageAction
+        >>> act = ImageAction("C4")
+        >>> x = torch.rand(3, 1, 6, 6)
+        >>> g = act.group.elements().repeat_interleave(3, dim=0)
+        >>> out = model_equivariance_error(lambda t: t.amax(dim=(2, 3)), x, g, act)
+        >>> float(out["total"]) < 1e-7
+        True
+    """
+    f_gx, g_fx, fx = transformed_outputs(model, x, g, act_in, act_out, eval_mode)
+    if exact is None:
+        exact = act_in.exact_mask(g)
+    return equivariance_error(f_gx, g_fx, fx, exact, eps)
 
 
 class EquivarianceError(Metric):

@@ -734,6 +734,56 @@ class ModelProjection:
             out["total"][name], out["in_E"][name], out["perp"][name] = D.split_norms(delta, e.projector)
         return out
 
+    def report(self, start: dict[str, Tensor] | None = None, layers: bool = True) -> dict[str, Tensor]:
+        """Every distance the monitor and the experiment runner log, in one place (float64 scalars).
+
+        Keys are ``<quantity>/<layer>`` and ``<quantity>/total``, ``<layer>`` being the module that holds
+        the tensors (``"(root)"`` for parameters of the model itself); per-layer keys only if ``layers``:
+
+        * ``dist_to_E``: ``||A - Pi_E A||``; ``rel_dist_to_E``: the same over ``||A||``;
+        * with ``start`` (a :meth:`snapshot`): ``dist_from_start`` ``||A - A0||`` and its parts
+          ``dist_from_start_in_E`` ``||Pi_E (A - A0)||`` and ``dist_from_start_perp``
+          ``||(I - Pi_E)(A - A0)||``.
+
+        Running statistics are left out, as in :meth:`distances`.
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+            >>> spec = SymmetrySpec("C4").layer("0", "regular", "regular").layer("2", "regular", "trivial")
+            >>> proj = spec.bind(net)
+            >>> start = proj.snapshot()
+            >>> proj.project_parameters_()
+            >>> out = proj.report(start)
+            >>> sorted(k for k in out if k.endswith("/total"))  # doctest: +NORMALIZE_WHITESPACE
+            ['dist_from_start/total', 'dist_from_start_in_E/total', 'dist_from_start_perp/total',
+             'dist_to_E/total', 'rel_dist_to_E/total']
+            >>> float(out["dist_to_E/total"]) < 1e-6, float(out["dist_from_start_in_E/total"]) < 1e-6
+            (True, True)
+        """
+        owners = {e.name: e.layer or "(root)" for e in self.entries}
+        dist = self.distances()
+        parts = {"dist_to_E": dist}
+        if start is not None:
+            moved = self.distances_from(start)
+            parts.update(
+                dist_from_start=moved["total"],
+                dist_from_start_in_E=moved["in_E"],
+                dist_from_start_perp=moved["perp"],
+            )
+        out: dict[str, Tensor] = {}
+        for key, values in parts.items():
+            if layers:
+                for layer, value in D.layer_distances(values, owners).items():
+                    out[f"{key}/{layer}"] = value
+            out[f"{key}/total"] = D.total_distance(values)
+        if layers:
+            norms = {e.name: e.tensor.detach().double().norm() for e in self.parameters}
+            layer_norms = D.layer_distances(norms, owners)
+            for layer, value in D.layer_distances(dist, owners).items():
+                out[f"rel_dist_to_E/{layer}"] = value / layer_norms[layer] if layer_norms[layer] > 0 else value
+        out["rel_dist_to_E/total"] = self.relative_total_distance()
+        return out
+
     def gradient_perp_share(self) -> Tensor:
         """``||(I - Pi_E) grad|| / ||grad||`` over all constrained parameters with a gradient (0 if none)."""
         total, perp = [], []
