@@ -15,13 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lightning_equi.experiments.runner import (
-    load_config,
-    merge_config,
-    parse_overrides,
-    report,
-    run_comparison,
-)
+from lightning_equi.experiments.config import load_config, merge_config, parse_overrides
+from lightning_equi.experiments.runner import report, run_comparison
 
 __all__ = ["DEMOS", "main"]
 

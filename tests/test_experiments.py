@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import doctest
 import gzip
+import importlib
 import io
 import json
 import struct
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from lightning_equi import demo
+from lightning_equi.experiments.config import load_config
 from lightning_equi.experiments.data import (
     digits,
     is_connected,
@@ -24,7 +27,7 @@ from lightning_equi.experiments.data import (
 )
 from lightning_equi.experiments.figure import STYLE, median_curve
 from lightning_equi.experiments.models import PermNet, RotNet, TransNet
-from lightning_equi.experiments.runner import load_config, main, run_comparison
+from lightning_equi.experiments.runner import main, run_comparison
 from lightning_equi.subspace import equivariant_init_
 
 PAPER_LR = 1e-5
@@ -267,6 +270,21 @@ def test_configs_load_with_protocol_overrides():
         load_config("perms")
 
 
+_EXPERIMENT_MODULES = ["config", "data", "figure", "models", "protocol", "recording", "runner"]
+
+
+@pytest.mark.parametrize("name", _EXPERIMENT_MODULES)
+def test_experiment_doctests(name):
+    module = importlib.import_module(f"lightning_equi.experiments.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.failed == 0, f"{result.failed} doctest(s) failed in {module.__name__}"
+
+
+def test_experiment_modules_are_all_tested():
+    folder = Path(importlib.import_module("lightning_equi.experiments").__file__).parent
+    assert sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__") == _EXPERIMENT_MODULES
+
+
 # --------------------------------------------------------------------------------------------------
 # data
 
@@ -408,7 +426,7 @@ def test_aug_passes_as_batch_copies_take_the_same_step(monkeypatch):
 
     from lightning_equi.callbacks import HaarAugmentation
     from lightning_equi.experiments.data import build_dataset
-    from lightning_equi.experiments.runner import _callbacks, _loader
+    from lightning_equi.experiments.protocol import mode_callbacks, train_loader
 
     passes, n, batch = 3, 40, 10
     config = load_config(
@@ -448,8 +466,8 @@ def test_aug_passes_as_batch_copies_take_the_same_step(monkeypatch):
     # the runner's way: copy c of sample i of a batch at c * batch + i
     new_model = PermNet(**config["model"], lr=config["lr"])
     new_model.load_state_dict(start)
-    loader, accumulate = _loader(config, dataset, "aug", new_model)
-    (new,) = [cb for cb in _callbacks(config, "aug", new_model, 0) if isinstance(cb, HaarAugmentation)]
+    loader, accumulate = train_loader(config, dataset, "aug", new_model)
+    (new,) = [cb for cb in mode_callbacks(config, "aug", new_model, 0) if isinstance(cb, HaarAugmentation)]
     assert new.copies == passes and accumulate == n // batch and len(loader) == n // batch
     queue = deque(draws[:, b : b + batch].reshape(passes * batch, -1) for b in range(0, n, batch))
     monkeypatch.setattr(new.group, "sample", replay(queue))
@@ -463,11 +481,11 @@ def test_aug_passes_as_batch_copies_take_the_same_step(monkeypatch):
 def test_aug_copies_draw_independent_elements():
     """Each copy of a sample gets its own Haar draw (as each pass did)."""
     from lightning_equi.experiments.data import build_dataset
-    from lightning_equi.experiments.runner import _callbacks
+    from lightning_equi.experiments.protocol import mode_callbacks
 
     config = load_config("perm", {"aug_passes": 4, "model": {"channels": 2, "pooled": 4, "head": 2}})
     model = PermNet(**config["model"], lr=config["lr"])
-    (aug,) = [cb for cb in _callbacks(config, "aug", model, 0) if type(cb).__name__ == "HaarAugmentation"]
+    (aug,) = [cb for cb in mode_callbacks(config, "aug", model, 0) if type(cb).__name__ == "HaarAugmentation"]
     x, y = build_dataset("perm", n_graphs=8)[:8]
     out_x, out_y = aug.transform((x, y))
     copies = out_x.reshape(4, 8, 10, 10)
@@ -482,7 +500,7 @@ def test_aug_copies_draw_independent_elements():
 def test_batchnorm_models_keep_aug_passes_over_the_data():
     """With BatchNorm the copies would share batch statistics, so Rot's full protocol repeats the data."""
     from lightning_equi.experiments.data import build_dataset
-    from lightning_equi.experiments.runner import _callbacks, _loader, batch_coupled
+    from lightning_equi.experiments.protocol import batch_coupled, mode_callbacks, train_loader
 
     config = load_config(
         "rot",
@@ -491,10 +509,10 @@ def test_batchnorm_models_keep_aug_passes_over_the_data():
     dataset = build_dataset("rot", **config["data"])
     model = RotNet(**config["model"], lr=config["lr"])
     assert batch_coupled(model) and not batch_coupled(PermNet(channels=2, pooled=4, head=2))
-    loader, accumulate = _loader(config, dataset, "aug", model)
+    loader, accumulate = train_loader(config, dataset, "aug", model)
     assert accumulate == 3 * 20 // 10 and len(loader) == accumulate
-    assert [cb.copies for cb in _callbacks(config, "aug", model, 0) if hasattr(cb, "copies")] == [1]
-    assert _loader(config, dataset, "nom", model)[1] == 2
+    assert [cb.copies for cb in mode_callbacks(config, "aug", model, 0) if hasattr(cb, "copies")] == [1]
+    assert train_loader(config, dataset, "nom", model)[1] == 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -507,7 +525,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bar_only_on_a_terminal():
-    from lightning_equi.experiments.runner import use_progress_bar
+    from lightning_equi.experiments.recording import use_progress_bar
 
     assert use_progress_bar("auto", _Terminal()) is True
     assert use_progress_bar("auto", io.StringIO()) is False

@@ -9,7 +9,7 @@ from lightning.pytorch import Callback
 
 from lightning_equi.callbacks import EquivariantProjection
 from lightning_equi.groups import get_group, standard
-from lightning_equi.subspace.spec import resolve_spec
+from lightning_equi.subspace import resolve_spec
 from lightning_equi.testing import IrrepsEquiModel
 
 
