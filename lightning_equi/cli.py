@@ -43,7 +43,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_equi.callbacks.modes import MODES, build_callbacks
-from lightning_equi.subspace.spec import SymmetrySpec
+from lightning_equi.subspace import SymmetrySpec
 
 __all__ = ["EquiCLI", "ModeConfigError", "main", "MODE_OPTIONS"]
 

@@ -21,7 +21,7 @@ from lightning_equi.callbacks import (
     HaarAugmentation,
     build_callbacks,
 )
-from lightning_equi.subspace.spec import resolve_spec
+from lightning_equi.subspace import resolve_spec
 from lightning_equi.testing import BoringEquiModel, IrrepsEquiModel
 
 
@@ -421,7 +421,7 @@ import torch, lightning as L
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
 from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection, HaarAugmentation
-from lightning_equi.subspace.spec import resolve_spec
+from lightning_equi.subspace import resolve_spec
 from lightning_equi.testing import BoringEquiModel
 
 class FirstDraws(L.Callback):

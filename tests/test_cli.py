@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 import lightning_equi.cli
 from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection, HaarAugmentation
 from lightning_equi.cli import EquiCLI, ModeConfigError, main
-from lightning_equi.subspace.spec import resolve_spec
+from lightning_equi.subspace import resolve_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "configs" / "boring_equi.yaml"

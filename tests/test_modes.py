@@ -15,7 +15,7 @@ from lightning_equi.callbacks import (
     HaarAugmentation,
     build_callbacks,
 )
-from lightning_equi.subspace.spec import SymmetrySpec
+from lightning_equi.subspace import SymmetrySpec
 from lightning_equi.testing import BoringEquiModel
 
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_equi.callbacks import TAGS, EquivarianceMonitor, EquivariantProjection, build_callbacks
 from lightning_equi.metrics import EquivarianceError, equivariance_error, relative_errors
-from lightning_equi.subspace.spec import SymmetrySpec
+from lightning_equi.subspace import SymmetrySpec
 from lightning_equi.testing import BoringEquiModel, IrrepsEquiModel
 
 

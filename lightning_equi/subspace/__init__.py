@@ -1,6 +1,19 @@
 """The equivariant subspace E of a model's weights: lifted actions, projectors, specs and distances.
 
-Pure torch: nothing here imports Lightning, and escnn is only ever imported lazily.
+Pure torch: nothing here imports Lightning, and escnn is only ever imported lazily. The modules:
+
+* ``base`` -- :class:`TensorAction` (the lifted action on one tensor), the :class:`Projector` interface;
+* ``orbit`` -- :class:`OrbitMeanProjector`: the mean over orbits of a finite permutation action;
+* ``basis`` -- :class:`BasisProjector`: an orthonormal basis of E (any group, any representation);
+* ``fourier`` -- :class:`FourierProjector`: dense layers under torus translations;
+* ``permutation`` -- :class:`SymmetricProjector`: closed-form S_n layers on sets and graphs;
+* ``select`` -- :func:`make_projector`: the cheapest exact projector for an action;
+* ``layers`` -- torch layer shapes: the channels, kernel factors and lifted actions of each layer type;
+* ``spec`` -- :class:`SymmetrySpec`, its binding to a model, :func:`resolve_spec`;
+* ``projection`` -- :class:`ModelProjection` (a bound spec) and its :class:`ProjectedTensor` entries;
+* ``initialization`` -- :func:`equivariant_init_`: draw as usual, then project onto E;
+* ``batchnorm`` -- :func:`pool_batch_statistics`: BatchNorm statistics pooled over each field;
+* ``distance`` -- distances to E and their aggregation over layers and the model.
 """
 
 from lightning_equi.subspace.base import Projector, TensorAction, group_average
@@ -15,18 +28,12 @@ from lightning_equi.subspace.distance import (
     total_distance,
 )
 from lightning_equi.subspace.fourier import FourierProjector
-from lightning_equi.subspace.init import equivariant_init_
+from lightning_equi.subspace.initialization import equivariant_init_
 from lightning_equi.subspace.orbit import OrbitMeanProjector, orbit_ids
 from lightning_equi.subspace.permutation import SymmetricProjector
+from lightning_equi.subspace.projection import ModelProjection, ProjectedTensor
 from lightning_equi.subspace.select import make_projector
-from lightning_equi.subspace.spec import (
-    FIELD_NAMES,
-    HasSymmetrySpec,
-    ModelProjection,
-    ProjectedTensor,
-    SymmetrySpec,
-    resolve_spec,
-)
+from lightning_equi.subspace.spec import FIELD_NAMES, HasSymmetrySpec, SymmetrySpec, resolve_spec
 
 __all__ = [
     "TensorAction",

@@ -9,7 +9,7 @@ statistics, which equi keeps in E). Pooling the statistics over each orbit of ch
 sample, and the running statistics they feed are in E at every step.
 
 :func:`pool_batch_statistics` installs the pooled forward on every BatchNorm layer of a bound
-:class:`~lightning_equi.subspace.spec.ModelProjection` and returns a handle that restores the layers.
+:class:`~lightning_equi.subspace.projection.ModelProjection` and returns a handle that restores the layers.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ A :class:`SymmetrySpec` is declared in a few lines, layer by layer or for all la
 the *fields* each layer reads and writes: a representation of the group, or its short name
 (``"trivial"``, ``"regular"``, ``"standard"``, ``"sign"``, ``"pairs"``, ``"irrep<k>"``) repeated to
 fill the layer's channels. Binding it to a model (:meth:`SymmetrySpec.bind`) checks that every
-parameter is covered and yields a :class:`ModelProjection`: one projector per parameter and running
-statistic, and the operations the training callbacks need (project weights, project gradients,
-distances to E).
+parameter is covered and yields a :class:`~lightning_equi.subspace.projection.ModelProjection`: one
+projector per parameter and running statistic, and the operations the training callbacks need (project
+weights, project gradients, distances to E). The actions of each layer type below are computed in
+:mod:`lightning_equi.subspace.layers`.
 
 Layouts. Fields are laid out channel by channel, field after field, as in escnn: ``"regular"`` on a
 ``Conv2d(1, 16)`` under C4 is four regular fields on channels ``0-3, 4-7, 8-11, 12-15``. A
@@ -30,33 +31,37 @@ receive no gradient but are re-projected with the weights).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_equi.groups import (
     FIELD_NAMES,
-    FiniteGroup,
     Group,
     Representation,
     direct_sum,
     get_group,
-    grid_representation,
     representation_by_name,
-    trivial,
 )
-from lightning_equi.subspace import distance as D
 from lightning_equi.subspace.base import Projector, TensorAction
-from lightning_equi.subspace.orbit import orbit_ids
+from lightning_equi.subspace.layers import (
+    LAYERS,
+    NORMS,
+    describe_layer,
+    layer_actions,
+    layer_channels,
+    norm_actions,
+)
+
+# The binder builds these. lightning_equi/callbacks/equivariant_projection.py still imports
+# ModelProjection from here; new code imports both from the package lightning_equi.subspace.
+from lightning_equi.subspace.projection import ModelProjection, ProjectedTensor
 from lightning_equi.subspace.select import make_projector
 
 __all__ = [
     "SymmetrySpec",
-    "ModelProjection",
-    "ProjectedTensor",
     "HasSymmetrySpec",
     "resolve_spec",
     "FIELD_NAMES",
@@ -66,21 +71,6 @@ __all__ = [
 Fields = Representation | str | Sequence[Representation | str]
 #: a module of the model, or its qualified name in ``model.named_modules()``
 Target = nn.Module | str
-
-_LINEAR = (nn.Linear,)
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_BATCH_NORM = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-)
-_NORMS = (*_BATCH_NORM, nn.GroupNorm, nn.LayerNorm)
-_LAYERS = (*_LINEAR, *_CONV, *_CONV_T)
 
 
 @runtime_checkable
@@ -295,113 +285,6 @@ def _check_target(target: Target, method: str) -> Target:
 
 
 # --------------------------------------------------------------------------------------------------
-# the lifted action of each supported layer
-
-
-def _channels(module: nn.Module) -> tuple[int, int]:
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if isinstance(module, (*_CONV, *_CONV_T)):
-        return module.in_channels, module.out_channels
-    if isinstance(module, _BATCH_NORM):
-        return module.num_features, module.num_features
-    if isinstance(module, nn.GroupNorm):
-        return module.num_channels, module.num_channels
-    if isinstance(module, nn.LayerNorm):
-        return module.normalized_shape[0], module.normalized_shape[0]
-    raise AssertionError(type(module))
-
-
-def _line_representation(group: Group, size: int) -> Representation:
-    """An order-2 group (C2, D1) reversing a 1-d kernel; C1 leaves it alone."""
-
-    def perm(g: Tensor) -> Tensor:
-        flip = group.index(g) % 2  # C2: element 1; D1: (f, 0) has index f
-        ids = torch.arange(size, device=g.device)
-        return torch.where(flip[:, None].bool(), ids.flip(0)[None], ids[None])
-
-    def matrices(g: Tensor) -> Tensor:
-        return torch.eye(size, dtype=torch.float64, device=g.device)[perm(g)]
-
-    return Representation(group, size, f"line{size}", matrices, perm)
-
-
-def _kernel_factors(group: Group, kernel: tuple[int, ...], where: str) -> list[tuple[Representation, int]]:
-    try:
-        if len(kernel) == 1:
-            if not (
-                isinstance(group, FiniteGroup) and group.order in (1, 2) and group.name in ("C1", "C2", "D1")
-            ):
-                raise ValueError(f"only C1, C2 and D1 (reversal) act on a 1-d kernel, not {group.name}")
-            return [(_line_representation(group, kernel[0]), 1)]
-        grid = (grid_representation(group, kernel[-2:]), 2)
-        if len(kernel) == 2:
-            return [grid]
-        return [(kernel[0] * trivial(group), 1), grid]  # rotations about the depth axis
-    except ValueError as err:
-        raise ValueError(
-            f"{where}: {err}. If this layer's weights are unconstrained (a convolution is already "
-            f"translation-equivariant), leave it free with spec.free(...)"
-        ) from err
-
-
-def _layer_actions(
-    module: nn.Module, rho_in: Representation, rho_out: Representation, where: str
-) -> dict[str, TensorAction]:
-    """Parameter name (within the module) -> lifted action, for Linear and (transposed) convolutions."""
-    group = rho_in.group
-    actions: dict[str, TensorAction] = {}
-    if isinstance(module, nn.Linear):
-        actions["weight"] = TensorAction(module.weight.shape, [(rho_out, 1), (rho_in, 1)])
-    else:
-        if module.groups != 1:
-            raise ValueError(
-                f"{where}: grouped convolutions (groups={module.groups}) are not supported; "
-                "declare their weights with spec.parameter(...) or leave the layer free"
-            )
-        kernel = _kernel_factors(group, tuple(module.kernel_size), where)
-        channels = [(rho_in, 1), (rho_out, 1)] if isinstance(module, _CONV_T) else [(rho_out, 1), (rho_in, 1)]
-        actions["weight"] = TensorAction(module.weight.shape, channels + kernel)
-    if module.bias is not None:
-        actions["bias"] = TensorAction(module.bias.shape, [(rho_out, 1)])
-    return actions
-
-
-def _norm_actions(module: nn.Module, rho: Representation, where: str) -> dict[str, TensorAction]:
-    """Affine weight and bias, running mean and variance: vectors fixed by a permutation of channels.
-
-    For a permutation representation ``diag(gamma)`` commutes with ``rho`` iff ``gamma`` is fixed by
-    ``rho``, so every tensor of the layer has the same action, and E is constant on channel orbits.
-    """
-    if not rho.is_permutation:
-        raise ValueError(
-            f"{where}: {type(module).__name__} normalises each channel by its own statistics, which commutes "
-            f"with {rho.group.name} only when it permutes channels, but the fields {rho.name} are not a "
-            "permutation representation. Use a norm-based nonlinearity/normalisation (e.g. escnn's "
-            "IIDBatchNorm), or leave the layer free"
-        )
-    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
-        raise ValueError(
-            f"{where}: LayerNorm over {tuple(module.normalized_shape)} is not supported; normalise over the "
-            f"channels only, or use nn.GroupNorm(1, {module.normalized_shape[0]}) (the same statistics over "
-            "channels and space, with a per-channel affine map)"
-        )
-    if isinstance(module, nn.GroupNorm) and module.num_groups > 1 and rho.group.is_finite:
-        orbits = orbit_ids(TensorAction((rho.dim,), [(rho, 1)])).reshape(module.num_groups, -1)
-        for i in range(module.num_groups):
-            others = torch.cat([orbits[:i], orbits[i + 1 :]]).reshape(-1)
-            if bool(torch.isin(orbits[i], others).any()):
-                raise ValueError(
-                    f"{where}: GroupNorm({module.num_groups}, {module.num_channels}) mixes the statistics of "
-                    f"channels that {rho.group.name} permutes across its groups; choose num_groups so that "
-                    f"every group holds whole fields (a divisor of the number of fields)"
-                )
-    action = TensorAction((rho.dim,), [(rho, 1)])
-    names = ("weight", "bias", "running_mean", "running_var")
-    return {n: action for n in names if isinstance(getattr(module, n, None), Tensor)}
-
-
-# --------------------------------------------------------------------------------------------------
 # binding a spec to a model
 
 
@@ -465,20 +348,20 @@ class _Binder:
             own = [(n, t, False) for n, t in module.named_parameters(recurse=False)]
             own += [(n, t, True) for n, t in module.named_buffers(recurse=False) if t.is_floating_point()]
             qualified = {n: f"{layer}.{n}" if layer else n for n, _, _ in own}
-            where = f"layer {layer!r} ({_describe(module)})"
+            where = f"layer {layer!r} ({describe_layer(module)})"
             actions: dict[str, TensorAction] = {}
             wanted = [
                 n for n, _, _ in own if qualified[n] not in free and qualified[n] not in spec._parameters
             ]
             # a type-wide declaration does not reach a layer whose parameters are all free
             decl = declared.get(layer) or (self._type_declaration(module) if wanted else None)
-            if isinstance(module, _LAYERS) and decl is not None:
+            if isinstance(module, LAYERS) and decl is not None:
                 rho_in, rho_out = self._layer_fields(module, decl, where)
-                actions = _layer_actions(module, rho_in, rho_out, where) if wanted else {}
+                actions = layer_actions(module, rho_in, rho_out, where) if wanted else {}
                 previous = (rho_out, layer)
-            elif isinstance(module, _NORMS) and wanted:
+            elif isinstance(module, NORMS) and wanted:
                 rho = self._norm_fields(module, layer, decl, previous, where)
-                actions = _norm_actions(module, rho, where) if rho is not None else {}
+                actions = norm_actions(module, rho, where) if rho is not None else {}
             elif decl is not None and layer in declared:
                 raise ValueError(
                     f"{where}: cannot derive the action on the parameters of a {type(module).__name__} "
@@ -487,7 +370,7 @@ class _Binder:
                     "InstanceNorm, GroupNorm, LayerNorm. Declare its parameters with spec.parameter(name, "
                     "TensorAction(...)), or leave it free"
                 )
-            elif isinstance(module, _LAYERS):
+            elif isinstance(module, LAYERS):
                 previous = None  # an undeclared layer breaks the chain of fields
             for n, tensor, is_buffer in own:
                 q = qualified[n]
@@ -525,7 +408,7 @@ class _Binder:
         if decl.in_fields is None or decl.out_fields is None:
             side = "in_fields" if decl.in_fields is None else "out_fields"
             raise ValueError(f"{where}: {side} is not declared; give both in_fields and out_fields")
-        c_in, c_out = _channels(module)
+        c_in, c_out = layer_channels(module)
         rho_in = self.spec.fields(decl.in_fields, c_in, f"{where} in_fields")
         rho_out = self.spec.fields(decl.out_fields, c_out, f"{where} out_fields")
         return rho_in, rho_out
@@ -538,7 +421,7 @@ class _Binder:
         previous: tuple[Representation, str] | None,
         where: str,
     ) -> Representation | None:
-        channels = _channels(module)[0]
+        channels = layer_channels(module)[0]
         if decl is not None:
             if decl.in_fields is None or (decl.out_fields is not None and decl.out_fields != decl.in_fields):
                 raise ValueError(
@@ -565,7 +448,7 @@ class _Binder:
         rows = []
         for q in missing:
             layer = q.rpartition(".")[0]
-            rows.append(f"  {q:<{width}}  ({_describe(modules[layer])}, shape {tuple(params[q].shape)})")
+            rows.append(f"  {q:<{width}}  ({describe_layer(modules[layer])}, shape {tuple(params[q].shape)})")
         example = missing[0].rpartition(".")[0] or "<layer>"
         return (
             f"the SymmetrySpec for {self.spec.group.name} does not say how the group acts on "
@@ -576,250 +459,9 @@ class _Binder:
         )
 
 
-def _describe(module: nn.Module) -> str:
-    if isinstance(module, nn.Linear):
-        return f"Linear({module.in_features}, {module.out_features})"
-    if isinstance(module, (*_CONV, *_CONV_T)):
-        kernel = f"kernel_size={module.kernel_size}"
-        return f"{type(module).__name__}({module.in_channels}, {module.out_channels}, {kernel})"
-    return type(module).__name__
-
-
 def _layer_names(model: nn.Module, limit: int = 12) -> str:
     names = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
     return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "") or "(none)"
-
-
-# --------------------------------------------------------------------------------------------------
-# the bound projection
-
-
-@dataclass(frozen=True)
-class ProjectedTensor:
-    """One parameter or running statistic of the model and its projector onto E.
-
-    ``tensor`` is looked up on the module each time, so it follows ``model.to(...)`` (which replaces
-    buffers) and ``load_state_dict``.
-    """
-
-    name: str
-    projector: Projector
-    is_buffer: bool
-    layer: str
-    module: nn.Module = field(repr=False)
-    attribute: str = field(repr=False)
-
-    @property
-    def tensor(self) -> Tensor:
-        return getattr(self.module, self.attribute)
-
-
-class ModelProjection:
-    """A :class:`SymmetrySpec` bound to a model: projections and distances of all its parameters.
-
-    Attributes:
-        group: the group.
-        model: the bound module.
-        entries: one :class:`ProjectedTensor` per constrained parameter and running statistic.
-        free_names: qualified names of the parameters left unconstrained.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-        >>> spec = SymmetrySpec("C4").layer("0", "regular", "regular").layer("2", "regular", "trivial")
-        >>> proj = spec.bind(net)
-        >>> bool(proj.total_distance() > 0), proj.dim, proj.numel
-        (True, 13, 49)
-        >>> proj.project_parameters_()
-        >>> proj.is_equivariant()
-        True
-    """
-
-    def __init__(
-        self, group: Group, model: nn.Module, entries: list[ProjectedTensor], free_names: list[str]
-    ) -> None:
-        self.group, self.model = group, model
-        self.entries = list(entries)
-        self.free_names = list(free_names)
-
-    def _selected(self, buffers: bool) -> Iterator[ProjectedTensor]:
-        return (e for e in self.entries if buffers or not e.is_buffer)
-
-    @property
-    def parameters(self) -> list[ProjectedTensor]:
-        """The entries that are trainable parameters (not running statistics)."""
-        return [e for e in self.entries if not e.is_buffer]
-
-    @property
-    def dim(self) -> int:
-        """``dim E`` over the constrained parameters."""
-        return sum(e.projector.dim for e in self.parameters)
-
-    @property
-    def numel(self) -> int:
-        """The number of constrained parameter entries (``dim L`` without the free parameters)."""
-        return sum(e.tensor.numel() for e in self.parameters)
-
-    # ---- projecting -------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def project_parameters_(self) -> None:
-        """Project every constrained parameter and running statistic onto E, in place."""
-        for e in self.entries:
-            e.projector.project_(e.tensor)
-
-    @torch.no_grad()
-    def project_buffers_(self) -> None:
-        """Project the running statistics only: training forwards move them out of E, whatever the
-        optimizer does, so re-project them before evaluating (or after every step)."""
-        for e in self.entries:
-            if e.is_buffer:
-                e.projector.project_(e.tensor)
-
-    @torch.no_grad()
-    def project_gradients_(self) -> None:
-        """Project every ``.grad`` of a constrained parameter onto E, in place (``None`` is skipped)."""
-        for e in self.parameters:
-            grad = e.tensor.grad
-            if grad is not None:
-                e.projector.project_(grad)
-
-    # ---- distances --------------------------------------------------------------------------------
-
-    def distances(self, buffers: bool = False) -> dict[str, Tensor]:
-        """Qualified name -> ``||W - Pi_E W||`` (float64, detached); running statistics if ``buffers``."""
-        return {e.name: D.tensor_distance(e.tensor, e.projector) for e in self._selected(buffers)}
-
-    def relative_distances(self, buffers: bool = False) -> dict[str, Tensor]:
-        """Qualified name -> ``||W - Pi_E W|| / ||W||`` (0 for a zero tensor)."""
-        return {e.name: D.relative_distance(e.tensor, e.projector) for e in self._selected(buffers)}
-
-    def layer_distances(self, buffers: bool = False) -> dict[str, Tensor]:
-        """Layer name -> the distance of all its constrained tensors together."""
-        return D.layer_distances(self.distances(buffers), {e.name: e.layer for e in self.entries})
-
-    def total_distance(self, buffers: bool = False) -> Tensor:
-        """``||A - Pi_E A||`` over the whole model."""
-        return D.total_distance(self.distances(buffers))
-
-    def relative_total_distance(self, buffers: bool = False) -> Tensor:
-        """``||A - Pi_E A|| / ||A||`` over the whole model."""
-        norm = D.root_sum_squares([e.tensor.detach().double().norm() for e in self._selected(buffers)])
-        dist = self.total_distance(buffers)
-        return dist / norm if norm > 0 else norm
-
-    def snapshot(self, buffers: bool = False) -> dict[str, Tensor]:
-        """Detached clones of the constrained tensors (``W0`` for :meth:`distances_from`)."""
-        return {e.name: e.tensor.detach().clone() for e in self._selected(buffers)}
-
-    def distances_from(self, w0: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-        """How far each tensor moved from ``w0``, split along E and across it.
-
-        Returns:
-            ``{"total": {name: ||W - W0||}, "in_E": {name: ||Pi_E (W - W0)||},
-            "perp": {name: ||(I - Pi_E)(W - W0)||}}`` over the names in ``w0`` (float64 scalars);
-            aggregate a part over the model with :func:`~lightning_equi.subspace.distance.total_distance`.
-        """
-        by_name = {e.name: e for e in self.entries}
-        unknown = sorted(set(w0) - set(by_name))
-        if unknown:
-            raise KeyError(
-                f"distances_from: {unknown} are not constrained tensors of the model; use snapshot()"
-            )
-        out: dict[str, dict[str, Tensor]] = {"total": {}, "in_E": {}, "perp": {}}
-        for name, start in w0.items():
-            e = by_name[name]
-            delta = e.tensor.detach().double() - start.detach().to(
-                device=e.tensor.device, dtype=torch.float64
-            )
-            out["total"][name], out["in_E"][name], out["perp"][name] = D.split_norms(delta, e.projector)
-        return out
-
-    def report(self, start: dict[str, Tensor] | None = None, layers: bool = True) -> dict[str, Tensor]:
-        """Every distance the monitor and the experiment runner log, in one place (float64 scalars).
-
-        Keys are ``<quantity>/<layer>`` and ``<quantity>/total``, ``<layer>`` being the module that holds
-        the tensors (``"(root)"`` for parameters of the model itself); per-layer keys only if ``layers``:
-
-        * ``dist_to_E``: ``||A - Pi_E A||``; ``rel_dist_to_E``: the same over ``||A||``;
-        * with ``start`` (a :meth:`snapshot`): ``dist_from_start`` ``||A - A0||`` and its parts
-          ``dist_from_start_in_E`` ``||Pi_E (A - A0)||`` and ``dist_from_start_perp``
-          ``||(I - Pi_E)(A - A0)||``.
-
-        Running statistics are left out, as in :meth:`distances`.
-
-        Example:
-            >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-            >>> spec = SymmetrySpec("C4").layer("0", "regular", "regular").layer("2", "regular", "trivial")
-            >>> proj = spec.bind(net)
-            >>> start = proj.snapshot()
-            >>> proj.project_parameters_()
-            >>> out = proj.report(start)
-            >>> sorted(k for k in out if k.endswith("/total"))  # doctest: +NORMALIZE_WHITESPACE
-            ['dist_from_start/total', 'dist_from_start_in_E/total', 'dist_from_start_perp/total',
-             'dist_to_E/total', 'rel_dist_to_E/total']
-            >>> float(out["dist_to_E/total"]) < 1e-6, float(out["dist_from_start_in_E/total"]) < 1e-6
-            (True, True)
-        """
-        owners = {e.name: e.layer or "(root)" for e in self.entries}
-        dist = self.distances()
-        parts = {"dist_to_E": dist}
-        if start is not None:
-            moved = self.distances_from(start)
-            parts.update(
-                dist_from_start=moved["total"],
-                dist_from_start_in_E=moved["in_E"],
-                dist_from_start_perp=moved["perp"],
-            )
-        out: dict[str, Tensor] = {}
-        for key, values in parts.items():
-            if layers:
-                for layer, value in D.layer_distances(values, owners).items():
-                    out[f"{key}/{layer}"] = value
-            out[f"{key}/total"] = D.total_distance(values)
-        if layers:
-            norms = {e.name: e.tensor.detach().double().norm() for e in self.parameters}
-            layer_norms = D.layer_distances(norms, owners)
-            for layer, value in D.layer_distances(dist, owners).items():
-                out[f"rel_dist_to_E/{layer}"] = value / layer_norms[layer] if layer_norms[layer] > 0 else value
-        out["rel_dist_to_E/total"] = self.relative_total_distance()
-        return out
-
-    def gradient_perp_share(self) -> Tensor:
-        """``||(I - Pi_E) grad|| / ||grad||`` over all constrained parameters with a gradient (0 if none)."""
-        total, perp = [], []
-        for e in self.parameters:
-            grad = e.tensor.grad
-            if grad is not None:
-                total.append(grad.detach().double().norm())
-                perp.append(D.tensor_distance(grad, e.projector))
-        norm = D.root_sum_squares(total)
-        return D.root_sum_squares(perp) / norm if norm > 0 else norm
-
-    def is_equivariant(self, atol: float = 1e-5, buffers: bool = True) -> bool:
-        """Whether every constrained tensor is within ``atol`` (Frobenius) of E."""
-        return all(bool(d <= atol) for d in self.distances(buffers).values())
-
-    def summary(self) -> str:
-        """One line per constrained tensor: name, shape, projector, ``dim E`` and entries."""
-        rows = [f"{'name':<32} {'shape':<18} {'projector':<12} {'dim E':>7} {'numel':>8}"]
-        for e in self.entries:
-            shape = str(tuple(e.tensor.shape))
-            tag = " (buffer)" if e.is_buffer else ""
-            rows.append(
-                f"{e.name + tag:<32} {shape:<18} {e.projector.kind:<12} "
-                f"{e.projector.dim:>7} {e.tensor.numel():>8}"
-            )
-        rows.append(
-            f"{self.group.name}: dim E = {self.dim} of {self.numel} constrained entries; "
-            f"free: {self.free_names}"
-        )
-        return "\n".join(rows)
-
-    def __repr__(self) -> str:
-        return (
-            f"ModelProjection({self.group.name}, tensors={len(self.entries)}, dim_E={self.dim}, "
-            f"numel={self.numel}, free={len(self.free_names)})"
-        )
 
 
 def resolve_spec(model: nn.Module, spec: SymmetrySpec | ModelProjection | None = None) -> ModelProjection:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_equi.groups import get_group
-from lightning_equi.subspace.spec import SymmetrySpec
+from lightning_equi.subspace import SymmetrySpec
 
 __all__ = ["BoringEquiModel", "IrrepsEquiModel"]
 
@@ -75,7 +75,7 @@ class BoringEquiModel(_TinyModule):
         n_samples, batch_size, seed: the training data.
 
     Example:
-        >>> from lightning_equi.subspace.spec import resolve_spec
+        >>> from lightning_equi.subspace import resolve_spec
         >>> model = BoringEquiModel()
         >>> resolve_spec(model).dim < resolve_spec(model).numel
         True
@@ -124,7 +124,7 @@ class IrrepsEquiModel(_TinyModule):
     Inputs and targets are ``(B, 1, 2)`` point clouds with ``y = x (1 + |x|^2)``.
 
     Example:
-        >>> from lightning_equi.subspace.spec import resolve_spec
+        >>> from lightning_equi.subspace import resolve_spec
         >>> resolve_spec(IrrepsEquiModel()).entries[0].projector.kind
         'basis'
     """

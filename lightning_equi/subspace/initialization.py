@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_equi.subspace.spec import ModelProjection, SymmetrySpec, resolve_spec
+from lightning_equi.subspace.projection import ModelProjection
+from lightning_equi.subspace.spec import SymmetrySpec, resolve_spec
 
 __all__ = ["equivariant_init_"]
 
@@ -37,7 +38,7 @@ def equivariant_init_(
             projection is zero stay zero; running statistics are never rescaled).
 
     Returns:
-        The bound :class:`~lightning_equi.subspace.spec.ModelProjection`, to reuse during training.
+        The bound :class:`~lightning_equi.subspace.projection.ModelProjection`, to reuse during training.
 
     Example:
         >>> net = nn.Linear(4, 4)

@@ -1,0 +1,224 @@
+"""The one module that knows torch layer shapes: channels, kernels and the lifted action of each layer type.
+
+:class:`~lightning_equi.subspace.spec.SymmetrySpec` declares *fields* (representations on the channels);
+this module turns them into the :class:`~lightning_equi.subspace.base.TensorAction` of every parameter
+of a supported layer: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d``
+(:func:`layer_actions`) and the normalisation layers BatchNorm, InstanceNorm, GroupNorm and LayerNorm
+over the channels (:func:`norm_actions`). A new layer type is supported by teaching this module its
+channels and its actions; nothing else in the package reads a layer's attributes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_equi.groups import FiniteGroup, Group, Representation, grid_representation, trivial
+from lightning_equi.subspace.base import TensorAction
+from lightning_equi.subspace.orbit import orbit_ids
+
+__all__ = [
+    "LINEAR",
+    "CONV",
+    "CONV_T",
+    "BATCH_NORM",
+    "NORMS",
+    "LAYERS",
+    "layer_channels",
+    "line_representation",
+    "kernel_factors",
+    "layer_actions",
+    "norm_actions",
+    "describe_layer",
+]
+
+#: dense layers: the weight is ``(out, in)``
+LINEAR = (nn.Linear,)
+#: convolutions: the weight is ``(out, in, *kernel)``
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: transposed convolutions: the weight is ``(in, out, *kernel)``
+CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: layers normalising each channel by its own statistics (``num_features`` channels)
+BATCH_NORM = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+#: every normalisation layer whose parameters and statistics follow a permutation of channels
+NORMS = (*BATCH_NORM, nn.GroupNorm, nn.LayerNorm)
+#: the layers whose weights carry fields in and out (:func:`layer_actions`)
+LAYERS = (*LINEAR, *CONV, *CONV_T)
+
+
+def layer_channels(module: nn.Module) -> tuple[int, int]:
+    """``(in_channels, out_channels)`` of a layer of :data:`LAYERS` or :data:`NORMS` (a norm: twice
+    the channels it normalises).
+
+    Example:
+        >>> layer_channels(nn.Conv2d(3, 16, 5)), layer_channels(nn.GroupNorm(4, 16))
+        ((3, 16), (16, 16))
+    """
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, (*CONV, *CONV_T)):
+        return module.in_channels, module.out_channels
+    if isinstance(module, BATCH_NORM):
+        return module.num_features, module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels, module.num_channels
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[0], module.normalized_shape[0]
+    raise AssertionError(type(module))
+
+
+def line_representation(group: Group, size: int) -> Representation:
+    """The action on a 1-d kernel of ``size`` taps: an order-2 group (C2, D1) reverses it; C1 leaves it alone.
+
+    Example:
+        >>> from lightning_equi.groups import get_group
+        >>> C2 = get_group("C2")
+        >>> line_representation(C2, 3).permutation(C2.elements())
+        tensor([[0, 1, 2],
+                [2, 1, 0]])
+    """
+
+    def perm(g: Tensor) -> Tensor:
+        flip = group.index(g) % 2  # C2: element 1; D1: (f, 0) has index f
+        ids = torch.arange(size, device=g.device)
+        return torch.where(flip[:, None].bool(), ids.flip(0)[None], ids[None])
+
+    def matrices(g: Tensor) -> Tensor:
+        return torch.eye(size, dtype=torch.float64, device=g.device)[perm(g)]
+
+    return Representation(group, size, f"line{size}", matrices, perm)
+
+
+def kernel_factors(group: Group, kernel: tuple[int, ...], where: str) -> list[tuple[Representation, int]]:
+    """The factors of a :class:`~lightning_equi.subspace.base.TensorAction` on a convolution's kernel axes.
+
+    A 2-d kernel is acted on by quarter turns and mirrors of its grid
+    (:func:`~lightning_equi.groups.grid_representation`), a 3-d kernel by the same on its last two axes
+    (rotations about the depth axis), a 1-d kernel by reversal (C1, C2 and D1 only).
+
+    Raises:
+        ValueError: for a group that does not act on the kernel (``where`` names the layer).
+
+    Example:
+        >>> from lightning_equi.groups import get_group
+        >>> [(rep.name, axes) for rep, axes in kernel_factors(get_group("C4"), (2, 3, 3), "conv")]
+        [('trivial+trivial', 1), ('grid3x3', 2)]
+    """
+    try:
+        if len(kernel) == 1:
+            if not (
+                isinstance(group, FiniteGroup) and group.order in (1, 2) and group.name in ("C1", "C2", "D1")
+            ):
+                raise ValueError(f"only C1, C2 and D1 (reversal) act on a 1-d kernel, not {group.name}")
+            return [(line_representation(group, kernel[0]), 1)]
+        grid = (grid_representation(group, kernel[-2:]), 2)
+        if len(kernel) == 2:
+            return [grid]
+        return [(kernel[0] * trivial(group), 1), grid]  # rotations about the depth axis
+    except ValueError as err:
+        raise ValueError(
+            f"{where}: {err}. If this layer's weights are unconstrained (a convolution is already "
+            f"translation-equivariant), leave it free with spec.free(...)"
+        ) from err
+
+
+def layer_actions(
+    module: nn.Module, rho_in: Representation, rho_out: Representation, where: str
+) -> dict[str, TensorAction]:
+    """Parameter name (within the module) -> lifted action, for Linear and (transposed) convolutions.
+
+    ``rho_in`` and ``rho_out`` are the fields the layer reads and writes; a convolution's kernel axes
+    get :func:`kernel_factors`, and a transposed convolution's weight is laid out ``(in, out, ...)``.
+
+    Raises:
+        ValueError: for a grouped convolution, or a kernel the group does not act on.
+
+    Example:
+        >>> from lightning_equi.groups import get_group, regular
+        >>> C4 = get_group("C4")
+        >>> actions = layer_actions(nn.Conv2d(4, 8, 3), regular(C4), 2 * regular(C4), "conv")
+        >>> {name: [(rep.name, axes) for rep, axes in a.factors] for name, a in actions.items()}
+        {'weight': [('regular+regular', 1), ('regular', 1), ('grid3x3', 2)], 'bias': [('regular+regular', 1)]}
+    """
+    group = rho_in.group
+    actions: dict[str, TensorAction] = {}
+    if isinstance(module, nn.Linear):
+        actions["weight"] = TensorAction(module.weight.shape, [(rho_out, 1), (rho_in, 1)])
+    else:
+        if module.groups != 1:
+            raise ValueError(
+                f"{where}: grouped convolutions (groups={module.groups}) are not supported; "
+                "declare their weights with spec.parameter(...) or leave the layer free"
+            )
+        kernel = kernel_factors(group, tuple(module.kernel_size), where)
+        channels = [(rho_in, 1), (rho_out, 1)] if isinstance(module, CONV_T) else [(rho_out, 1), (rho_in, 1)]
+        actions["weight"] = TensorAction(module.weight.shape, channels + kernel)
+    if module.bias is not None:
+        actions["bias"] = TensorAction(module.bias.shape, [(rho_out, 1)])
+    return actions
+
+
+def norm_actions(module: nn.Module, rho: Representation, where: str) -> dict[str, TensorAction]:
+    """Affine weight and bias, running mean and variance: vectors fixed by a permutation of channels.
+
+    For a permutation representation ``diag(gamma)`` commutes with ``rho`` iff ``gamma`` is fixed by
+    ``rho``, so every tensor of the layer has the same action, and E is constant on channel orbits.
+
+    Raises:
+        ValueError: for fields that are not a permutation representation, a LayerNorm over more than
+            the channels, or a GroupNorm whose groups split orbits of channels.
+
+    Example:
+        >>> from lightning_equi.groups import get_group, regular
+        >>> sorted(norm_actions(nn.BatchNorm2d(8), 2 * regular(get_group("C4")), "bn"))
+        ['bias', 'running_mean', 'running_var', 'weight']
+    """
+    if not rho.is_permutation:
+        raise ValueError(
+            f"{where}: {type(module).__name__} normalises each channel by its own statistics, which commutes "
+            f"with {rho.group.name} only when it permutes channels, but the fields {rho.name} are not a "
+            "permutation representation. Use a norm-based nonlinearity/normalisation (e.g. escnn's "
+            "IIDBatchNorm), or leave the layer free"
+        )
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+        raise ValueError(
+            f"{where}: LayerNorm over {tuple(module.normalized_shape)} is not supported; normalise over the "
+            f"channels only, or use nn.GroupNorm(1, {module.normalized_shape[0]}) (the same statistics over "
+            "channels and space, with a per-channel affine map)"
+        )
+    if isinstance(module, nn.GroupNorm) and module.num_groups > 1 and rho.group.is_finite:
+        orbits = orbit_ids(TensorAction((rho.dim,), [(rho, 1)])).reshape(module.num_groups, -1)
+        for i in range(module.num_groups):
+            others = torch.cat([orbits[:i], orbits[i + 1 :]]).reshape(-1)
+            if bool(torch.isin(orbits[i], others).any()):
+                raise ValueError(
+                    f"{where}: GroupNorm({module.num_groups}, {module.num_channels}) mixes the statistics of "
+                    f"channels that {rho.group.name} permutes across its groups; choose num_groups so that "
+                    f"every group holds whole fields (a divisor of the number of fields)"
+                )
+    action = TensorAction((rho.dim,), [(rho, 1)])
+    names = ("weight", "bias", "running_mean", "running_var")
+    return {n: action for n in names if isinstance(getattr(module, n, None), Tensor)}
+
+
+def describe_layer(module: nn.Module) -> str:
+    """A short description of a layer for error messages: its type, channels and kernel.
+
+    Example:
+        >>> describe_layer(nn.Conv2d(1, 16, 3)), describe_layer(nn.ReLU())
+        ('Conv2d(1, 16, kernel_size=(3, 3))', 'ReLU')
+    """
+    if isinstance(module, nn.Linear):
+        return f"Linear({module.in_features}, {module.out_features})"
+    if isinstance(module, (*CONV, *CONV_T)):
+        kernel = f"kernel_size={module.kernel_size}"
+        return f"{type(module).__name__}({module.in_channels}, {module.out_channels}, {kernel})"
+    return type(module).__name__

@@ -1,0 +1,253 @@
+"""A symmetry spec bound to a model: one projector per tensor, and the operations the callbacks need.
+
+:meth:`SymmetrySpec.bind <lightning_equi.subspace.spec.SymmetrySpec.bind>` (or
+:func:`~lightning_equi.subspace.spec.resolve_spec`) yields a :class:`ModelProjection`: one
+:class:`ProjectedTensor` per constrained parameter and running statistic, the projections of weights
+and gradients onto E, and every distance to E that the monitor and the experiments log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from lightning_equi.groups import Group
+from lightning_equi.subspace import distance as D
+from lightning_equi.subspace.base import Projector
+
+__all__ = ["ModelProjection", "ProjectedTensor"]
+
+
+@dataclass(frozen=True)
+class ProjectedTensor:
+    """One parameter or running statistic of the model and its projector onto E.
+
+    ``tensor`` is looked up on the module each time, so it follows ``model.to(...)`` (which replaces
+    buffers) and ``load_state_dict``.
+    """
+
+    name: str
+    projector: Projector
+    is_buffer: bool
+    layer: str
+    module: nn.Module = field(repr=False)
+    attribute: str = field(repr=False)
+
+    @property
+    def tensor(self) -> Tensor:
+        return getattr(self.module, self.attribute)
+
+
+class ModelProjection:
+    """A symmetry spec bound to a model: projections and distances of all its parameters.
+
+    Built by :meth:`~lightning_equi.subspace.spec.SymmetrySpec.bind`.
+
+    Attributes:
+        group: the group.
+        model: the bound module.
+        entries: one :class:`ProjectedTensor` per constrained parameter and running statistic.
+        free_names: qualified names of the parameters left unconstrained.
+
+    Example:
+        >>> from lightning_equi.subspace import SymmetrySpec
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        >>> spec = SymmetrySpec("C4").layer("0", "regular", "regular").layer("2", "regular", "trivial")
+        >>> proj = spec.bind(net)
+        >>> bool(proj.total_distance() > 0), proj.dim, proj.numel
+        (True, 13, 49)
+        >>> proj.project_parameters_()
+        >>> proj.is_equivariant()
+        True
+    """
+
+    def __init__(
+        self, group: Group, model: nn.Module, entries: list[ProjectedTensor], free_names: list[str]
+    ) -> None:
+        self.group, self.model = group, model
+        self.entries = list(entries)
+        self.free_names = list(free_names)
+
+    def _selected(self, buffers: bool) -> Iterator[ProjectedTensor]:
+        return (e for e in self.entries if buffers or not e.is_buffer)
+
+    @property
+    def parameters(self) -> list[ProjectedTensor]:
+        """The entries that are trainable parameters (not running statistics)."""
+        return [e for e in self.entries if not e.is_buffer]
+
+    @property
+    def dim(self) -> int:
+        """``dim E`` over the constrained parameters."""
+        return sum(e.projector.dim for e in self.parameters)
+
+    @property
+    def numel(self) -> int:
+        """The number of constrained parameter entries (``dim L`` without the free parameters)."""
+        return sum(e.tensor.numel() for e in self.parameters)
+
+    # ---- projecting -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def project_parameters_(self) -> None:
+        """Project every constrained parameter and running statistic onto E, in place."""
+        for e in self.entries:
+            e.projector.project_(e.tensor)
+
+    @torch.no_grad()
+    def project_buffers_(self) -> None:
+        """Project the running statistics only: training forwards move them out of E, whatever the
+        optimizer does, so re-project them before evaluating (or after every step)."""
+        for e in self.entries:
+            if e.is_buffer:
+                e.projector.project_(e.tensor)
+
+    @torch.no_grad()
+    def project_gradients_(self) -> None:
+        """Project every ``.grad`` of a constrained parameter onto E, in place (``None`` is skipped)."""
+        for e in self.parameters:
+            grad = e.tensor.grad
+            if grad is not None:
+                e.projector.project_(grad)
+
+    # ---- distances --------------------------------------------------------------------------------
+
+    def distances(self, buffers: bool = False) -> dict[str, Tensor]:
+        """Qualified name -> ``||W - Pi_E W||`` (float64, detached); running statistics if ``buffers``."""
+        return {e.name: D.tensor_distance(e.tensor, e.projector) for e in self._selected(buffers)}
+
+    def relative_distances(self, buffers: bool = False) -> dict[str, Tensor]:
+        """Qualified name -> ``||W - Pi_E W|| / ||W||`` (0 for a zero tensor)."""
+        return {e.name: D.relative_distance(e.tensor, e.projector) for e in self._selected(buffers)}
+
+    def layer_distances(self, buffers: bool = False) -> dict[str, Tensor]:
+        """Layer name -> the distance of all its constrained tensors together."""
+        return D.layer_distances(self.distances(buffers), {e.name: e.layer for e in self.entries})
+
+    def total_distance(self, buffers: bool = False) -> Tensor:
+        """``||A - Pi_E A||`` over the whole model."""
+        return D.total_distance(self.distances(buffers))
+
+    def relative_total_distance(self, buffers: bool = False) -> Tensor:
+        """``||A - Pi_E A|| / ||A||`` over the whole model."""
+        norm = D.root_sum_squares([e.tensor.detach().double().norm() for e in self._selected(buffers)])
+        dist = self.total_distance(buffers)
+        return dist / norm if norm > 0 else norm
+
+    def snapshot(self, buffers: bool = False) -> dict[str, Tensor]:
+        """Detached clones of the constrained tensors (``W0`` for :meth:`distances_from`)."""
+        return {e.name: e.tensor.detach().clone() for e in self._selected(buffers)}
+
+    def distances_from(self, w0: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        """How far each tensor moved from ``w0``, split along E and across it.
+
+        Returns:
+            ``{"total": {name: ||W - W0||}, "in_E": {name: ||Pi_E (W - W0)||},
+            "perp": {name: ||(I - Pi_E)(W - W0)||}}`` over the names in ``w0`` (float64 scalars);
+            aggregate a part over the model with :func:`~lightning_equi.subspace.distance.total_distance`.
+        """
+        by_name = {e.name: e for e in self.entries}
+        unknown = sorted(set(w0) - set(by_name))
+        if unknown:
+            raise KeyError(
+                f"distances_from: {unknown} are not constrained tensors of the model; use snapshot()"
+            )
+        out: dict[str, dict[str, Tensor]] = {"total": {}, "in_E": {}, "perp": {}}
+        for name, start in w0.items():
+            e = by_name[name]
+            delta = e.tensor.detach().double() - start.detach().to(
+                device=e.tensor.device, dtype=torch.float64
+            )
+            out["total"][name], out["in_E"][name], out["perp"][name] = D.split_norms(delta, e.projector)
+        return out
+
+    def report(self, start: dict[str, Tensor] | None = None, layers: bool = True) -> dict[str, Tensor]:
+        """Every distance the monitor and the experiment runner log, in one place (float64 scalars).
+
+        Keys are ``<quantity>/<layer>`` and ``<quantity>/total``, ``<layer>`` being the module that holds
+        the tensors (``"(root)"`` for parameters of the model itself); per-layer keys only if ``layers``:
+
+        * ``dist_to_E``: ``||A - Pi_E A||``; ``rel_dist_to_E``: the same over ``||A||``;
+        * with ``start`` (a :meth:`snapshot`): ``dist_from_start`` ``||A - A0||`` and its parts
+          ``dist_from_start_in_E`` ``||Pi_E (A - A0)||`` and ``dist_from_start_perp``
+          ``||(I - Pi_E)(A - A0)||``.
+
+        Running statistics are left out, as in :meth:`distances`.
+
+        Example:
+            >>> from lightning_equi.subspace import SymmetrySpec
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+            >>> spec = SymmetrySpec("C4").layer("0", "regular", "regular").layer("2", "regular", "trivial")
+            >>> proj = spec.bind(net)
+            >>> start = proj.snapshot()
+            >>> proj.project_parameters_()
+            >>> out = proj.report(start)
+            >>> sorted(k for k in out if k.endswith("/total"))  # doctest: +NORMALIZE_WHITESPACE
+            ['dist_from_start/total', 'dist_from_start_in_E/total', 'dist_from_start_perp/total',
+             'dist_to_E/total', 'rel_dist_to_E/total']
+            >>> float(out["dist_to_E/total"]) < 1e-6, float(out["dist_from_start_in_E/total"]) < 1e-6
+            (True, True)
+        """
+        owners = {e.name: e.layer or "(root)" for e in self.entries}
+        dist = self.distances()
+        parts = {"dist_to_E": dist}
+        if start is not None:
+            moved = self.distances_from(start)
+            parts.update(
+                dist_from_start=moved["total"],
+                dist_from_start_in_E=moved["in_E"],
+                dist_from_start_perp=moved["perp"],
+            )
+        out: dict[str, Tensor] = {}
+        for key, values in parts.items():
+            if layers:
+                for layer, value in D.layer_distances(values, owners).items():
+                    out[f"{key}/{layer}"] = value
+            out[f"{key}/total"] = D.total_distance(values)
+        if layers:
+            norms = {e.name: e.tensor.detach().double().norm() for e in self.parameters}
+            layer_norms = D.layer_distances(norms, owners)
+            for layer, value in D.layer_distances(dist, owners).items():
+                out[f"rel_dist_to_E/{layer}"] = value / layer_norms[layer] if layer_norms[layer] > 0 else value
+        out["rel_dist_to_E/total"] = self.relative_total_distance()
+        return out
+
+    def gradient_perp_share(self) -> Tensor:
+        """``||(I - Pi_E) grad|| / ||grad||`` over all constrained parameters with a gradient (0 if none)."""
+        total, perp = [], []
+        for e in self.parameters:
+            grad = e.tensor.grad
+            if grad is not None:
+                total.append(grad.detach().double().norm())
+                perp.append(D.tensor_distance(grad, e.projector))
+        norm = D.root_sum_squares(total)
+        return D.root_sum_squares(perp) / norm if norm > 0 else norm
+
+    def is_equivariant(self, atol: float = 1e-5, buffers: bool = True) -> bool:
+        """Whether every constrained tensor is within ``atol`` (Frobenius) of E."""
+        return all(bool(d <= atol) for d in self.distances(buffers).values())
+
+    def summary(self) -> str:
+        """One line per constrained tensor: name, shape, projector, ``dim E`` and entries."""
+        rows = [f"{'name':<32} {'shape':<18} {'projector':<12} {'dim E':>7} {'numel':>8}"]
+        for e in self.entries:
+            shape = str(tuple(e.tensor.shape))
+            tag = " (buffer)" if e.is_buffer else ""
+            rows.append(
+                f"{e.name + tag:<32} {shape:<18} {e.projector.kind:<12} "
+                f"{e.projector.dim:>7} {e.tensor.numel():>8}"
+            )
+        rows.append(
+            f"{self.group.name}: dim E = {self.dim} of {self.numel} constrained entries; "
+            f"free: {self.free_names}"
+        )
+        return "\n".join(rows)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelProjection({self.group.name}, tensors={len(self.entries)}, dim_E={self.dim}, "
+            f"numel={self.numel}, free={len(self.free_names)})"
+        )
