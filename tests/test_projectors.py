@@ -417,3 +417,112 @@ def test_blockwise_orbit_ids_match_label_propagation_on_the_whole_tensor(seed):
     assert proj.dim == int(expected.max()) + 1
     w = _random(action.shape, seed)
     torch.testing.assert_close(proj.project(w), group_average(action, w), rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# Projector.orbit_constant: does an elementwise optimizer update of a projected tensor stay in E?
+
+
+def _orbit_constant_cases():
+    """name -> (projector, the lifted action it projects for, whether it keeps orbits bitwise)."""
+    from lightning_equi.subspace.fourier import FourierProjector
+    from lightning_equi.subspace.permutation import SymmetricProjector
+
+    dense_t34 = TensorAction((24, 12), [(2 * regular(T34), 1), (regular(T34), 1)])
+    bias_t34 = TensorAction((24,), [(2 * regular(T34), 1)])
+    pairs = TensorAction((16, 16), [(pair_representation(S4), 1)] * 2)
+    c8 = linear(C8, [("irrep1", 1), ("trivial", 1), ("irrep3", 1)], [("regular", 2)])
+    c3 = linear(C3, [("regular", 1)], [("irrep1", 1), ("trivial", 1)])
+    cases = {
+        "orbit-mean-C4-conv": (OrbitMeanProjector, PERMUTATION_CASES["C4-conv-mixed"], True),
+        "orbit-mean-D4-linear": (OrbitMeanProjector, PERMUTATION_CASES["D4-linear-mixed"], True),
+        "closed-form-S4-pairs-to-set": (
+            SymmetricProjector.from_action,
+            PERMUTATION_CASES["S4-pairs-to-set"],
+            True,
+        ),
+        "closed-form-S4-pairs": (SymmetricProjector.from_action, pairs, True),
+        "fourier-reindex-T3x4": (FourierProjector.from_action, dense_t34, True),
+        "fourier-fft-bias-T3x4": (lambda a: FourierProjector.from_action(a, method="fft"), bias_t34, True),
+        # E is reached only up to rounding: not bitwise constant on the orbits of a permutation action
+        "fourier-fft-T3x4": (lambda a: FourierProjector.from_action(a, method="fft"), dense_t34, False),
+        # no orbits of entries: E mixes entries by irrational coefficients (cos 45 deg, cos 120 deg), so an
+        # elementwise map leaves it (C4 irreps, D4 standard and SO2 irreps are signed permutations, whose
+        # E an odd map such as Adam's keeps)
+        "basis-C8-regular-to-irreps": (BasisProjector, c8, False),
+        "basis-C3-irreps-to-regular": (BasisProjector, c3, False),
+    }
+    return {name: (make(action), action, keeps) for name, (make, action, keeps) in cases.items()}
+
+
+ORBIT_CONSTANT_CASES = _orbit_constant_cases()
+
+
+def _bitwise_orbit_constant(t: torch.Tensor, action: TensorAction) -> bool:
+    """Whether every orbit of entries holds one value, bit for bit (min == max on each orbit)."""
+    ids, flat = orbit_ids(action), t.reshape(-1)
+    n = int(ids.max()) + 1
+    lo = torch.full((n,), torch.inf, dtype=t.dtype).scatter_reduce(0, ids, flat, "amin")
+    hi = torch.full((n,), -torch.inf, dtype=t.dtype).scatter_reduce(0, ids, flat, "amax")
+    return torch.equal(lo, hi)
+
+
+def _relative_distance(projector, t: torch.Tensor) -> float:
+    t = t.double()
+    return float((t - projector.project(t)).norm() / t.norm())
+
+
+def _elementwise(p: torch.Tensor) -> torch.Tensor:
+    """A nonlinear entrywise map, as Adam's update ``m / (sqrt(v) + eps)`` is."""
+    return torch.sign(p) * p.abs().sqrt()
+
+
+def test_projector_says_whether_it_keeps_orbits_bitwise():
+    from lightning_equi.subspace.base import Projector
+    from lightning_equi.subspace.fourier import FourierProjector
+    from lightning_equi.subspace.permutation import SymmetricProjector
+
+    assert Projector.orbit_constant is False  # the safe default for a new projector
+    assert OrbitMeanProjector.orbit_constant and SymmetricProjector.orbit_constant
+    assert BasisProjector.orbit_constant is False
+    assert not FourierProjector((12, 12), grid=(3, 4), method="fft").orbit_constant
+    assert FourierProjector((12, 12), grid=(3, 4)).orbit_constant
+    # every projector of the package is measured below
+    measured = {type(p) for p, _, _ in ORBIT_CONSTANT_CASES.values()}
+    assert measured >= {OrbitMeanProjector, SymmetricProjector, FourierProjector, BasisProjector}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", list(ORBIT_CONSTANT_CASES))
+def test_orbit_constant_agrees_with_an_elementwise_update(name, dtype):
+    projector, action, expected = ORBIT_CONSTANT_CASES[name]
+    assert projector.orbit_constant is expected
+    q = _elementwise(projector.project(_random(projector.shape, 31, dtype)))
+    if projector.orbit_constant:
+        assert _bitwise_orbit_constant(q, action)
+        assert _relative_distance(projector, q) < 1e-12  # still in E, to float64 rounding
+    elif action.is_permutation:  # in E only up to rounding, which no longer holds bit for bit
+        assert not _bitwise_orbit_constant(q, action)
+    else:  # visibly out of E
+        assert _relative_distance(projector, q) > 1e-2
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, keeps) in ORBIT_CONSTANT_CASES.items() if keeps])
+def test_adam_keeps_an_orbit_constant_parameter_in_E(name):
+    projector, action, _ = ORBIT_CONSTANT_CASES[name]
+    w = torch.nn.Parameter(projector.project(_random(projector.shape, 41)))
+    opt = torch.optim.Adam([w], lr=0.1)
+    for step in range(3):
+        w.grad = projector.project(_random(projector.shape, 50 + step))
+        opt.step()
+    assert _bitwise_orbit_constant(w.detach(), action)
+    assert _relative_distance(projector, w.detach()) < 1e-12
+
+
+def test_adam_leaves_E_for_a_basis_projector_on_irreps():
+    projector, _, _ = ORBIT_CONSTANT_CASES["basis-C8-regular-to-irreps"]
+    w = torch.nn.Parameter(projector.project(_random(projector.shape, 41)))
+    opt = torch.optim.Adam([w], lr=0.1)
+    w.grad = projector.project(_random(projector.shape, 50))
+    opt.step()
+    assert _relative_distance(projector, w.detach()) > 1e-2

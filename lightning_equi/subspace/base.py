@@ -137,6 +137,12 @@ class Projector(ABC):
     #: True when the range is exactly the fixed points of the group action (not an approximation
     #: such as escnn's band-limited basis)
     exact: bool = True
+    #: True when the projection's output is bitwise constant on the orbits of the lifted action, so any
+    #: elementwise optimizer update (Adam, RMSprop, ...) of a projected gradient keeps the tensor in E
+    #: (an entrywise map sends equal entries to equal entries, and E is the orbit-constant tensors for
+    #: a permutation action); False promises nothing (E reached only up to rounding, or not made of
+    #: orbit-constant tensors), and callers must then re-project after the optimizer step
+    orbit_constant: bool = False
 
     def __init__(self, shape: Sequence[int]) -> None:
         self.shape = torch.Size(shape)

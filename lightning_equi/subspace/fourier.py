@@ -105,6 +105,12 @@ class FourierProjector(Projector):
         self._index: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     @property
+    def orbit_constant(self) -> bool:
+        """``"reindex"`` gathers each circular diagonal from one mean (bitwise constant on the orbits);
+        ``"fft"`` reaches E only up to rounding. A bias is one mean per channel either way."""
+        return self.is_bias or self.method == "reindex"
+
+    @property
     def dim(self) -> int:
         free = self.P // self.orbit_size  # positions along the axes without translation symmetry
         if self.is_bias:

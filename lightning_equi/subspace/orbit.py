@@ -223,6 +223,7 @@ class OrbitMeanProjector(Projector):
     """
 
     kind = "orbit-mean"
+    orbit_constant = True  # every entry of an orbit is gathered from the same mean
 
     def __init__(self, action: TensorAction) -> None:
         super().__init__(action.shape)

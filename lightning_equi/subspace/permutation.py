@@ -87,6 +87,7 @@ class SymmetricProjector(Projector):
     """
 
     kind = "closed-form"
+    orbit_constant = True  # the entries of a (channel pair, pattern) class get the same diagonal updates
 
     def __init__(
         self,
