@@ -36,8 +36,8 @@ from lightning_equi.adapters.escnn_projectors import (  # noqa: E402
     type_representation,
 )
 from lightning_equi.groups import grid_representation  # noqa: E402
+from lightning_equi.subspace import resolve_spec  # noqa: E402
 from lightning_equi.subspace.base import TensorAction, group_average  # noqa: E402
-from lightning_equi.subspace.spec import resolve_spec  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*py3nj.*")
 

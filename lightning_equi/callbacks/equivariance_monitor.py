@@ -25,8 +25,8 @@ from lightning_equi.callbacks.equivariant_projection import NO_SPEC_MESSAGE, Equ
 from lightning_equi.callbacks.haar_augmentation import make_action
 from lightning_equi.groups import O2, SO2, FiniteGroup, Group
 from lightning_equi.metrics import EquivarianceError
+from lightning_equi.subspace import ModelProjection, SymmetrySpec, resolve_spec
 from lightning_equi.subspace.distance import layer_distances, total_distance
-from lightning_equi.subspace.spec import ModelProjection, SymmetrySpec, resolve_spec
 
 __all__ = ["EquivarianceMonitor", "TAGS"]
 

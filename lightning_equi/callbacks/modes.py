@@ -22,7 +22,7 @@ from lightning_equi.callbacks.equivariance_monitor import EquivarianceMonitor
 from lightning_equi.callbacks.equivariant_projection import NO_SPEC_MESSAGE, EquivariantProjection
 from lightning_equi.callbacks.haar_augmentation import ActionConfig, HaarAugmentation
 from lightning_equi.groups import Group, get_group
-from lightning_equi.subspace.spec import ModelProjection, SymmetrySpec
+from lightning_equi.subspace import ModelProjection, SymmetrySpec
 
 __all__ = ["MODES", "build_callbacks"]
 
