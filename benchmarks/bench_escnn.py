@@ -2,7 +2,7 @@
 
 * Training step (forward + backward + SGD step, batch 64 of 1x29x29) of one steerable CNN in escnn's
   own parameterisation (the basis is expanded at every training forward) against the dense weights
-  of :func:`~lightning_equi.adapters.escnn_layers.to_dense` with the gradient projected onto E before
+  of :func:`~lightning_equi.adapters.escnn_convert.to_dense` with the gradient projected onto E before
   the step and the weights re-projected after it. ``subspace="basis"`` gives the same function class
   as escnn; for C4 the default ``"grid"`` E (larger) is timed too. The plain dense step (no
   projection) is the floor.
@@ -104,12 +104,12 @@ def _clear_basis_caches() -> None:
     """Forget the bases built so far in this process, so the next build is a first build."""
     from escnn.nn.modules.basismanager import basisexpansion_singleblock, basissampler_singleblock
 
-    from lightning_equi.adapters import escnn_layers
+    from lightning_equi.adapters import dense_layers
 
     basisexpansion_singleblock._stored_filters.clear()
     basissampler_singleblock._stored_filters.clear()
-    escnn_layers._PROJECTORS.clear()
-    escnn_layers._BASES.clear()
+    dense_layers._PROJECTORS.clear()
+    dense_layers._BASES.clear()
 
 
 def _setup_times(build: Callable[[], nn.Module], repeats: int = 5) -> tuple[float, float]:

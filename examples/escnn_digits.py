@@ -10,7 +10,7 @@ One escnn network (``R2Conv`` + batch norm + nonlinearity + pooling, an invarian
 
 * ``escnn``: as escnn builds it, coefficients on escnn's steerable basis;
 * ``nom``, ``aug``, ``equi``: in the dense parameter space of
-  :func:`~lightning_equi.adapters.escnn_layers.to_dense` (a free filter per layer); ``aug`` with
+  :func:`~lightning_equi.adapters.escnn_convert.to_dense` (a free filter per layer); ``aug`` with
   :class:`~lightning_equi.callbacks.HaarAugmentation`, ``equi`` with
   :class:`~lightning_equi.callbacks.EquivariantProjection`.
 

@@ -56,10 +56,10 @@ _LAZY = {
             "GraphAction",
             "BatchAction",
             "augment",
-            "GeometricTensorAction",
         ],
         "lightning_equi.actions",
     ),
+    "GeometricTensorAction": "lightning_equi.adapters",
     **dict.fromkeys(
         [
             "TensorAction",

@@ -13,8 +13,9 @@ escnn = pytest.importorskip("escnn")
 from escnn import gspaces  # noqa: E402
 from escnn import nn as enn  # noqa: E402
 
-from lightning_equi.actions import GeometricTensorAction, ImageAction  # noqa: E402
+from lightning_equi.actions import ImageAction  # noqa: E402
 from lightning_equi.adapters import (  # noqa: E402
+    GeometricTensorAction,
     element_from_escnn,
     escnn_element,
     escnn_group,
@@ -220,6 +221,25 @@ def test_geometric_tensor_action_refusals():
     gs3 = gspaces.rot3dOnR3()
     with pytest.raises(ValueError, match="acts on 2D gspaces and no_base_space"):
         GeometricTensorAction(enn.FieldType(gs3, [gs3.trivial_repr]))
+
+
+def test_geometric_tensor_action_exact_mask_is_its_base_space_actions():
+    if not hasattr(ImageAction, "exact_mask"):
+        pytest.skip("Action.exact_mask is not in lightning_equi.actions yet")
+    gs8 = gspaces.rot2dOnR2(8)
+    act8 = GeometricTensorAction(enn.FieldType(gs8, [gs8.regular_repr]))
+    assert not act8.exact
+    # quarter turns move the pixel grid exactly, the other rotations of C8 interpolate
+    assert act8.exact_mask(torch.arange(8)).tolist() == [k % 2 == 0 for k in range(8)]
+    assert torch.equal(act8.exact_mask(torch.arange(8)), act8.spatial.exact_mask(torch.arange(8)))
+    gs4 = gspaces.flipRot2dOnR2(4)
+    act4 = GeometricTensorAction(enn.FieldType(gs4, [gs4.regular_repr]))
+    assert act4.exact_mask(act4.group.elements()).all()
+    # no base space: only fibers, which are always exact
+    gs0 = gspaces.no_base_space(escnn.group.o2_group())
+    act0 = GeometricTensorAction(enn.FieldType(gs0, [gs0.irrep(1, 1)]))
+    mask = act0.exact_mask(act0.group.sample(5, generator=torch.Generator().manual_seed(0)))
+    assert mask.dtype == torch.bool and mask.shape == (5,) and mask.all()
 
 
 def test_missing_escnn_gives_an_install_hint(monkeypatch):

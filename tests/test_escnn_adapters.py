@@ -21,14 +21,9 @@ from escnn import group as egroup  # noqa: E402
 from escnn import gspaces  # noqa: E402
 from escnn import nn as enn  # noqa: E402
 
+from lightning_equi.adapters.dense_layers import DenseLinear, DenseR2Conv  # noqa: E402
+from lightning_equi.adapters.escnn_convert import escnn_spec, to_dense, to_escnn  # noqa: E402
 from lightning_equi.adapters.escnn_groups import group_from_escnn  # noqa: E402
-from lightning_equi.adapters.escnn_layers import (  # noqa: E402
-    DenseLinear,
-    DenseR2Conv,
-    escnn_spec,
-    to_dense,
-    to_escnn,
-)
 from lightning_equi.adapters.escnn_lint import GridLintWarning, grid_lint  # noqa: E402
 from lightning_equi.adapters.escnn_projectors import (  # noqa: E402
     escnn_basis_projector,
@@ -358,11 +353,13 @@ def test_trap_pickled_dense_model_loads_in_a_fresh_process(tmp_path):
     torch.save({"model": dense, "x": x, "y": y}, tmp_path / "m.pt")
     code = (
         "import torch, warnings; warnings.simplefilter('ignore');"
-        "from lightning_equi.adapters.escnn_layers import escnn_spec;"
+        "from lightning_equi.adapters.escnn_convert import escnn_spec;"
         f"d = torch.load(r'{tmp_path / 'm.pt'}', weights_only=False); m = d['model'];"
         "y = m(m[0].in_type(d['x'])).tensor;"
         "assert torch.allclose(y, d['y'], atol=1e-6), (y - d['y']).abs().max();"
-        "p = escnn_spec(m); assert p.is_equivariant(atol=1e-5); print('ok', p.dim)"
+        "p = escnn_spec(m); assert p.is_equivariant(atol=1e-5);"
+        "import pickle; assert pickle.loads(pickle.dumps(m))[0].in_type == m[0].in_type;"
+        "print('ok', p.dim)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -65,10 +65,17 @@ def test_adapters_import_lazily_and_require_escnn_patches_numerics():
     code = (
         "import sys, lightning_equi.adapters as a\n"
         "assert 'escnn' not in sys.modules, 'escnn was imported'\n"
+        "from lightning_equi import GeometricTensorAction\n"
+        "assert GeometricTensorAction is a.GeometricTensorAction\n"
+        "assert GeometricTensorAction.__module__ == 'lightning_equi.adapters.escnn_actions'\n"
+        "assert 'escnn' not in sys.modules, 'escnn was imported with GeometricTensorAction'\n"
         "a.require_escnn()\n"
         "import escnn.group._numerical as numerical\n"
         "assert numerical.randomized_svd is None, 'the numerics patch was not applied'\n"
-        "assert a.to_dense.__module__ == 'lightning_equi.adapters.escnn_layers'\n"
+        "assert a.to_dense.__module__ == 'lightning_equi.adapters.escnn_convert'\n"
+        "assert a.DenseR2Conv.__module__ == 'lightning_equi.adapters.dense_layers'\n"
+        "from lightning_equi.adapters import escnn_pickle\n"
+        "assert not escnn_pickle._REGISTERED, 'pickling was registered at import'\n"
         "assert a.grid_lint.__module__ == 'lightning_equi.adapters.escnn_lint'\n"
         "assert 'EscnnBasisProjector' in dir(a)\n"
         "try:\n"
@@ -77,5 +84,25 @@ def test_adapters_import_lazily_and_require_escnn_patches_numerics():
         "    assert 'no_such_name' in str(err)\n"
         "else:\n"
         "    raise AssertionError('no AttributeError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_dense_layers_patch_escnn_on_import_and_register_pickling_on_first_use():
+    """A user who imports the dense layers and then builds escnn layers of D4 (numerical Clebsch-Gordan
+    coefficients) gets the numerics patch; pickling is registered by the first dense layer."""
+    code = (
+        "import pickle, sys\n"
+        "from lightning_equi.adapters.dense_layers import DenseR2Conv\n"
+        "from lightning_equi.adapters import escnn_pickle\n"
+        "import escnn.group._numerical as numerical\n"
+        "assert numerical.randomized_svd is None, 'importing the dense layers did not patch escnn'\n"
+        "assert not escnn_pickle._REGISTERED, 'pickling was registered at import'\n"
+        "from escnn import gspaces, nn as enn\n"
+        "gs = gspaces.flipRot2dOnR2(4)\n"
+        "ft = enn.FieldType(gs, [gs.regular_repr])\n"
+        "dense = DenseR2Conv(enn.R2Conv(ft, ft, 3))\n"
+        "assert escnn_pickle._REGISTERED, 'building a dense layer did not register pickling'\n"
+        "assert pickle.loads(pickle.dumps(dense)).in_type == ft\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

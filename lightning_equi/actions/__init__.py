@@ -1,5 +1,5 @@
 """Group elements acting on data, one element per sample: images and masks, point clouds, sets,
-graphs, escnn GeometricTensors, and several entries of a batch at once.
+graphs, and several entries of a batch at once.
 
 Example:
     >>> import torch
@@ -13,7 +13,6 @@ Example:
 
 from lightning_equi.actions.base import Action, FiberAction
 from lightning_equi.actions.batch import BatchAction, augment
-from lightning_equi.actions.geometric import GeometricTensorAction
 from lightning_equi.actions.images import ImageAction
 from lightning_equi.actions.points import PointCloudAction
 from lightning_equi.actions.sets import GraphAction, SetAction
@@ -27,5 +26,4 @@ __all__ = [
     "GraphAction",
     "BatchAction",
     "augment",
-    "GeometricTensorAction",
 ]

@@ -1,8 +1,16 @@
-"""Bridges to other libraries; each imports its library lazily, on first use.
+"""Bridges to other libraries (today: escnn); each imports its library lazily, on first use.
 
-``import lightning_equi.adapters`` never imports escnn: the names of
-:mod:`~lightning_equi.adapters.escnn_layers`, :mod:`~lightning_equi.adapters.escnn_projectors` and
-:mod:`~lightning_equi.adapters.escnn_lint` are resolved on first access (module ``__getattr__``).
+``import lightning_equi.adapters`` never imports escnn: the names of the modules that need it are
+resolved on first access (module ``__getattr__``). The modules, under ``lightning_equi.adapters``:
+
+* ``escnn_import``: :func:`require_escnn` (escnn or an install hint) and the numerics patch it applies once.
+* ``escnn_groups``: our groups and elements to and from escnn's (:func:`escnn_group`, :func:`escnn_element`).
+* ``escnn_actions``: :class:`GeometricTensorAction`, our elements acting per sample on ``GeometricTensor`` s.
+* ``escnn_projectors``: the projectors onto a steerable layer's E (``"grid"`` and ``"basis"``).
+* ``dense_layers``: :class:`DenseR2Conv`, :class:`DenseR3Conv`, :class:`DenseLinear` and their projectors.
+* ``escnn_convert``: whole models, :func:`to_dense`, :func:`escnn_spec` and :func:`to_escnn`.
+* ``escnn_pickle``: :func:`register_escnn_pickling`, field types pickled and deep-copied by recipe.
+* ``escnn_lint``: :func:`grid_lint`, the layers only approximately equivariant at an input size.
 
 Example:
     >>> import torch
@@ -22,25 +30,18 @@ from lightning_equi.adapters.escnn_groups import (
     escnn_group,
     group_from_escnn,
     mirror_offset,
-    require_escnn,
 )
+from lightning_equi.adapters.escnn_import import patch_escnn_numerics, require_escnn
 
 # public name -> submodule that defines it (imported, with escnn, on first access)
 _LAZY = {
     **dict.fromkeys(
-        [
-            "DenseR2Conv",
-            "DenseR3Conv",
-            "DenseLinear",
-            "DENSE_LAYERS",
-            "to_dense",
-            "to_escnn",
-            "escnn_spec",
-            "layer_projectors",
-            "default_subspace",
-            "EQUIVARIANT_BY_CONSTRUCTION",
-        ],
-        "lightning_equi.adapters.escnn_layers",
+        ["DenseR2Conv", "DenseR3Conv", "DenseLinear", "DENSE_LAYERS", "layer_projectors", "default_subspace"],
+        "lightning_equi.adapters.dense_layers",
+    ),
+    **dict.fromkeys(
+        ["to_dense", "to_escnn", "escnn_spec", "EQUIVARIANT_BY_CONSTRUCTION"],
+        "lightning_equi.adapters.escnn_convert",
     ),
     **dict.fromkeys(
         [
@@ -56,11 +57,12 @@ _LAZY = {
     ),
     **dict.fromkeys(["GridLintWarning", "grid_lint"], "lightning_equi.adapters.escnn_lint"),
     "register_escnn_pickling": "lightning_equi.adapters.escnn_pickle",
-    "patch_escnn_numerics": "lightning_equi.adapters.escnn_compat",
+    "GeometricTensorAction": "lightning_equi.adapters.escnn_actions",
 }
 
 __all__ = [
     "require_escnn",
+    "patch_escnn_numerics",
     "escnn_group",
     "escnn_element",
     "element_from_escnn",

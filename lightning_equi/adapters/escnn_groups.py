@@ -21,48 +21,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_equi.adapters.escnn_import import require_escnn
 from lightning_equi.groups import O2, O3, SO2, SO3, CyclicGroup, DihedralGroup, Group, get_group
 
 __all__ = [
-    "require_escnn",
     "escnn_group",
     "escnn_element",
     "element_from_escnn",
     "group_from_escnn",
     "mirror_offset",
 ]
-
-INSTALL_HINT = (
-    "escnn is not installed. Install it with `./run setup`, or with "
-    "`pip install --no-deps escnn==1.0.11` followed by `pip install 'lightning_equi[escnn]'` "
-    "(escnn's own dependency py3nj needs a Fortran compiler and is optional)"
-)
-
-
-_PATCHED = False
-
-
-def require_escnn() -> Any:
-    """Import and return the ``escnn`` package, or raise an ImportError saying how to install it.
-
-    The first call also applies :func:`~lightning_equi.adapters.escnn_compat.patch_escnn_numerics`,
-    so every path that reaches escnn through this package builds dihedral/O(2) bases without
-    scikit-learn's ``randomized_svd`` (which rejects escnn's ``np.matrix`` and draws global random
-    numbers).
-    """
-    global _PATCHED
-    try:
-        import escnn
-        import escnn.group  # noqa: F401
-        import escnn.gspaces  # noqa: F401
-    except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
-    if not _PATCHED:
-        _PATCHED = True  # first: patch_escnn_numerics calls back into require_escnn
-        from lightning_equi.adapters.escnn_compat import patch_escnn_numerics
-
-        patch_escnn_numerics()
-    return escnn
 
 
 def escnn_group(group: Group | str) -> Any:

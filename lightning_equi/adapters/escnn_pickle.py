@@ -9,9 +9,10 @@ irreps and change of basis), so that the rebuilt objects are escnn's own cached 
 (and, within a process, usually identical with) the originals. ``copy.deepcopy`` uses the same
 recipes, so deep copies share the group objects instead of duplicating them.
 
-This is registered when :mod:`lightning_equi.adapters.escnn_layers` is imported. It does not make a
-native escnn ``R2Conv`` picklable (its basis holds more closures); the dense layers of
-:func:`~lightning_equi.adapters.escnn_layers.to_dense` hold none of those.
+This is registered when the first dense layer of :mod:`lightning_equi.adapters.dense_layers` is
+built or unpickled. It does not make a native escnn ``R2Conv`` picklable (its basis holds more
+closures); the dense layers of :func:`~lightning_equi.adapters.escnn_convert.to_dense` hold none of
+those.
 
 Example:
     >>> import pickle
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_equi.adapters.escnn_groups import require_escnn
+from lightning_equi.adapters.escnn_import import require_escnn
 
 __all__ = ["register_escnn_pickling"]
 

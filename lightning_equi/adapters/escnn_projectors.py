@@ -38,8 +38,7 @@ from torch import Tensor
 from lightning_equi.adapters.escnn_groups import escnn_element, group_from_escnn
 from lightning_equi.groups import CyclicGroup, DihedralGroup, FiniteGroup, Group, Representation, direct_sum
 from lightning_equi.groups import grid_representation as _grid_representation
-from lightning_equi.subspace.base import Projector, TensorAction
-from lightning_equi.subspace.select import make_projector
+from lightning_equi.subspace import Projector, TensorAction, make_projector
 
 __all__ = [
     "SUBSPACES",

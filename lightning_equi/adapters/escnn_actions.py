@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_equi.actions.base import Action
-from lightning_equi.actions.images import ImageAction
+from lightning_equi.actions import Action, ImageAction
+from lightning_equi.adapters.escnn_groups import escnn_element, group_from_escnn, mirror_offset
+from lightning_equi.adapters.escnn_import import require_escnn
 from lightning_equi.groups import O2, SO2, FiniteGroup
 
 __all__ = ["GeometricTensorAction"]
@@ -188,8 +189,6 @@ class GeometricTensorAction(Action):
         interpolation: str = "bilinear",
         padding_mode: str = "zeros",
     ) -> None:
-        from lightning_equi.adapters.escnn_groups import group_from_escnn, mirror_offset, require_escnn
-
         require_escnn()
         import escnn.nn
 
@@ -226,8 +225,6 @@ class GeometricTensorAction(Action):
 
     def _escnn_matrices(self, g: Tensor) -> Tensor:
         """``field_type.representation`` of each element, through escnn one by one (float64, CPU)."""
-        from lightning_equi.adapters.escnn_groups import escnn_element
-
         gs = self._element_gspace
         mats = [self.field_type.representation(escnn_element(self.group, e, gs)) for e in g.cpu()]
         return torch.as_tensor(np.stack(mats), dtype=torch.float64)
@@ -246,6 +243,14 @@ class GeometricTensorAction(Action):
         if self._planar is not None:
             return self._planar(g)
         return self._escnn_matrices(g).to(g.device)
+
+    def exact_mask(self, g: Tensor) -> Tensor:
+        """Which elements act exactly on the data: those the base space's image action moves exactly
+        (the fibers always are); all of them on ``no_base_space``."""
+        if self.spatial is not None:
+            return self.spatial.exact_mask(g)
+        self.group.check(g, "g")
+        return torch.full((g.shape[0],), self.exact, dtype=torch.bool, device=g.device)
 
     def batch_size(self, x: Any) -> int:
         import escnn.nn

@@ -1,13 +1,10 @@
-"""escnn steerable models in the dense parameter space: train them nom / aug / equi, and convert back.
+"""escnn's steerable layers as free dense layers, with the projectors onto their equivariant subspace E.
 
-:func:`to_dense` takes a model built from escnn modules and returns the same network with every
-``R2Conv``, ``R3Conv`` and ``escnn.nn.Linear`` replaced by a :class:`DenseR2Conv`,
-:class:`DenseR3Conv` or :class:`DenseLinear`: the weight is a free dense filter (escnn's expanded
-filter, so the model starts in E) and the layer still takes and returns ``GeometricTensor`` s of the
-same types, so the rest of the model (nonlinearities, batch norms, pooling, user forward code) is
-unchanged. It also returns the model's :class:`~lightning_equi.subspace.spec.ModelProjection`: a
-projector per dense weight and bias, built from the layers' field types with nothing written by the
-user. :func:`to_escnn` goes back: least squares onto escnn's basis, block by block.
+:class:`DenseR2Conv`, :class:`DenseR3Conv` and :class:`DenseLinear` hold an escnn ``R2Conv``,
+``R3Conv`` or ``escnn.nn.Linear`` as a free dense filter (escnn's expanded filter, so a layer starts
+in E) and still take and return ``GeometricTensor`` s of the same types. :func:`layer_projectors`
+gives the projectors of a dense layer's ``weight`` and ``bias`` onto E, built from its field types
+once per layer signature. Whole models are converted by :mod:`~lightning_equi.adapters.escnn_convert`.
 
 Which E (``subspace=``): ``"grid"``, the exact fixed points of the group acting on fields and on the
 pixel grid (default for C1, C2, C4, D1, D2, D4 convolutions and finite-group ``Linear``), or
@@ -16,40 +13,30 @@ N > 4, SO(2), O(2) and 3D). See :mod:`lightning_equi.adapters.escnn_projectors`.
 
 escnn's traps, handled: the dense layers keep ``padding_mode`` (escnn's ``export()`` drops it);
 they hold no basis buffers, so ``state_dict`` keys are the same in train and eval mode, ``deepcopy``
-works in eval mode, and ``.double()`` on one model never touches another; field types pickle by
-recipe (:mod:`~lightning_equi.adapters.escnn_pickle`); escnn layers built here keep NumPy's global
-random state.
+works in eval mode, and ``.double()`` on one model never touches another; their field types pickle
+by recipe (:mod:`~lightning_equi.adapters.escnn_pickle`, registered when the first dense layer is
+built or unpickled); escnn layers built here keep NumPy's global random state.
 
 Example:
-    >>> import torch
     >>> from escnn import gspaces, nn as enn
     >>> gs = gspaces.rot2dOnR2(4)
     >>> it, ot = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, 2 * [gs.regular_repr])
-    >>> net = enn.SequentialModule(enn.R2Conv(it, ot, 5, padding=2), enn.ReLU(ot))
-    >>> dense, projection = to_dense(net)
-    >>> type(dense[0]).__name__, projection.dim, projection.numel
-    ('DenseR2Conv', 52, 208)
-    >>> x = it(torch.randn(1, 1, 9, 9))
-    >>> torch.allclose(dense(x).tensor, net(x).tensor, atol=1e-6)
-    True
+    >>> dense = DenseR2Conv(enn.R2Conv(it, ot, 5, padding=2))
+    >>> {name: p.dim for name, p in layer_projectors(dense).items()}
+    {'weight': 50, 'bias': 2}
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
-import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from escnn import nn as enn
 from torch import Tensor, nn
 
-from lightning_equi.adapters.escnn_compat import patch_escnn_numerics
-from lightning_equi.adapters.escnn_groups import group_from_escnn
+from lightning_equi.adapters.escnn_import import require_escnn
 from lightning_equi.adapters.escnn_pickle import register_escnn_pickling
 from lightning_equi.adapters.escnn_projectors import (
     SUBSPACES,
@@ -60,38 +47,20 @@ from lightning_equi.adapters.escnn_projectors import (
     keep_numpy_rng,
     sampled_bases,
 )
-from lightning_equi.subspace.base import Projector
-from lightning_equi.subspace.spec import ModelProjection, ProjectedTensor
+from lightning_equi.subspace import Projector
+
+# the layers below subclass escnn's modules, so escnn is imported here: through require_escnn,
+# which applies the numerics patch before any escnn basis is built
+enn = require_escnn().nn
 
 __all__ = [
     "DenseR2Conv",
     "DenseR3Conv",
     "DenseLinear",
     "DENSE_LAYERS",
-    "to_dense",
-    "to_escnn",
-    "escnn_spec",
     "layer_projectors",
     "default_subspace",
-    "EQUIVARIANT_BY_CONSTRUCTION",
 ]
-
-register_escnn_pickling()
-patch_escnn_numerics()
-
-#: escnn modules whose own parameters are equivariant whatever their value (one per field, or on
-#: norms and trivial irreps only): kept as they are and left free in the spec
-EQUIVARIANT_BY_CONSTRUCTION: tuple[type, ...] = (
-    enn.InnerBatchNorm,
-    enn.NormBatchNorm,
-    enn.InducedNormBatchNorm,
-    enn.GNormBatchNorm,
-    enn.IIDBatchNorm1d,
-    enn.IIDBatchNorm2d,
-    enn.IIDBatchNorm3d,
-    enn.NormNonLinearity,
-    enn.InducedNormNonLinearity,
-)
 
 # (kind, in_type, out_type, kernel, dilation, subspace, basis recipe) -> {"weight": P, "bias": P}
 _PROJECTORS: dict[tuple, dict[str, Projector]] = {}
@@ -136,7 +105,7 @@ def default_subspace(kind: str, gspace: Any) -> str:
 
 def _check_subspace(subspace: str, kind: str, gspace: Any, where: str) -> str:
     if subspace not in SUBSPACES:
-        raise ValueError(f"escnn_layers: {where}: subspace must be one of {SUBSPACES}, got {subspace!r}")
+        raise ValueError(f"dense_layers: {where}: subspace must be one of {SUBSPACES}, got {subspace!r}")
     if subspace == "grid":
         ok = (
             grid_group(gspace) is not None
@@ -145,7 +114,7 @@ def _check_subspace(subspace: str, kind: str, gspace: Any, where: str) -> str:
         )
         if not ok:
             raise ValueError(
-                f"escnn_layers: {where} ({kind} on {gspace.name}) has no exact grid subspace: only "
+                f"dense_layers: {where} ({kind} on {gspace.name}) has no exact grid subspace: only "
                 "C1, C2, C4, D1, D2, D4 (default mirror axis) act exactly on a pixel grid, and Linear "
                 "needs a finite group; use subspace='basis'"
             )
@@ -158,6 +127,7 @@ class _DenseLayer(enn.EquivariantModule):
     kind = "layer"
 
     def _init_common(self, layer: Any, subspace: str | None) -> None:
+        register_escnn_pickling()  # the layer holds field types: make them picklable
         self.in_type, self.out_type = layer.in_type, layer.out_type
         sub = subspace or default_subspace(self.kind, self.in_type.gspace)
         self.subspace = _check_subspace(sub, self.kind, self.in_type.gspace, type(layer).__name__)
@@ -167,6 +137,10 @@ class _DenseLayer(enn.EquivariantModule):
         self.weight = nn.Parameter(w.detach().clone().reshape(self._weight_shape()))
         self.bias = nn.Parameter(b.detach().clone()) if b is not None else None
         _BASES.setdefault(self._basis_key(), sampled_bases(layer))
+
+    def __setstate__(self, state: dict) -> None:
+        register_escnn_pickling()  # unpickled in a fresh process: pickling it again must work too
+        super().__setstate__(state)
 
     def _weight_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
@@ -205,6 +179,14 @@ class _DenseLayer(enn.EquivariantModule):
         """A fresh escnn layer of the same types and basis (not shared), coefficients unset."""
         raise NotImplementedError
 
+    def _filled(self, out: nn.Module) -> nn.Module:
+        """``out`` (a plain torch layer of the same shape) holding this layer's weight and bias."""
+        with torch.no_grad():
+            out.weight.copy_(self.weight)
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        return out.to(self.weight.device, self.weight.dtype)
+
     def extra_repr(self) -> str:
         return f"{self.in_type.size} -> {self.out_type.size}, subspace={self.subspace!r}"
 
@@ -225,11 +207,6 @@ class _DenseRdConv(_DenseLayer):
         self.padding, self.padding_mode = conv.padding, conv.padding_mode
         self._reversed_padding_repeated_twice = conv._reversed_padding_repeated_twice
         self._init_common(conv, subspace)
-
-    @classmethod
-    def from_escnn(cls, conv: Any, subspace: str | None = None) -> _DenseRdConv:
-        """The dense layer of an escnn convolution, initialised to its expanded filter and bias."""
-        return cls(conv, subspace)
 
     def _weight_shape(self) -> tuple[int, ...]:
         return (self.out_type.size, self.in_type.size, *self._kernel())
@@ -275,11 +252,7 @@ class _DenseRdConv(_DenseLayer):
             bias=self.bias is not None,
             padding_mode=self.padding_mode,
         )
-        with torch.no_grad():
-            out.weight.copy_(self.weight)
-            if self.bias is not None:
-                out.bias.copy_(self.bias)
-        return out.to(self.weight.device, self.weight.dtype)
+        return self._filled(out)
 
     def to_escnn_layer(self) -> Any:
         recipe = self.basis_recipe
@@ -351,10 +324,6 @@ class DenseLinear(_DenseLayer):
         super().__init__()
         self._init_common(linear, subspace)
 
-    @classmethod
-    def from_escnn(cls, linear: Any, subspace: str | None = None) -> DenseLinear:
-        return cls(linear, subspace)
-
     def _weight_shape(self) -> tuple[int, ...]:
         return (self.out_type.size, self.in_type.size)
 
@@ -367,11 +336,7 @@ class DenseLinear(_DenseLayer):
 
     def export(self) -> nn.Linear:
         out = nn.Linear(self.in_type.size, self.out_type.size, bias=self.bias is not None)
-        with torch.no_grad():
-            out.weight.copy_(self.weight)
-            if self.bias is not None:
-                out.bias.copy_(self.bias)
-        return out.to(self.weight.device, self.weight.dtype)
+        return self._filled(out)
 
     def to_escnn_layer(self) -> Any:
         with keep_numpy_rng():
@@ -381,8 +346,6 @@ class DenseLinear(_DenseLayer):
 
 
 DENSE_LAYERS = (DenseR2Conv, DenseR3Conv, DenseLinear)
-_REPLACE = {enn.R2Conv: DenseR2Conv, enn.R3Conv: DenseR3Conv, enn.Linear: DenseLinear}
-_DENSE_TO_ESCNN = {DenseR2Conv: enn.R2Conv, DenseR3Conv: enn.R3Conv, DenseLinear: enn.Linear}
 
 
 def layer_projectors(layer: _DenseLayer, subspace: str | None = None) -> dict[str, Projector]:
@@ -406,166 +369,3 @@ def layer_projectors(layer: _DenseLayer, subspace: str | None = None) -> dict[st
     if layer.bias is None:
         out.pop("bias")
     return out
-
-
-# ---- whole models ----------------------------------------------------------------------------------
-
-
-def _owns_parameters(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False))
-
-
-def _under(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-def to_dense(
-    model: nn.Module, subspace: str | None = None, invariant: Sequence[str] = ()
-) -> tuple[nn.Module, ModelProjection]:
-    """A copy of ``model`` with every escnn ``R2Conv``/``R3Conv``/``Linear`` made dense, and its spec.
-
-    Args:
-        model: an escnn model (``SequentialModule``, a user ``EquivariantModule``, any ``nn.Module``
-            holding escnn modules). It is not modified.
-        subspace: ``"grid"`` or ``"basis"`` for every steerable layer; ``None`` picks per layer
-            (:func:`default_subspace`).
-        invariant: names of plain torch submodules that act on invariant features (e.g. an MLP head
-            after ``GroupPooling``): their parameters are left free. Any other plain torch module with
-            parameters inside the model is an error, because its action cannot be read from escnn.
-
-    Returns:
-        ``(dense_model, projection)``; ``projection`` is :func:`escnn_spec` of the dense model (pass it
-        as ``spec=`` to the callbacks, or call ``escnn_spec(self)`` from a ``symmetry_spec`` method).
-
-    Raises:
-        ValueError: naming each module that cannot be adapted, and how to fix it.
-    """
-    replace: dict[int, nn.Module] = {}
-    bad, handled = [], []  # handled: modules whose submodules are escnn's business, not ours
-    with keep_numpy_rng():
-        for name, module in model.named_modules():
-            cls = type(module)
-            if _under(name, handled):
-                continue
-            if cls in _REPLACE:
-                replace[id(module)] = _REPLACE[cls](module, subspace)
-                handled.append(name)
-            elif isinstance(module, (*DENSE_LAYERS, *EQUIVARIANT_BY_CONSTRUCTION)):
-                handled.append(name)
-            elif _owns_parameters(module) and not _under(name, invariant):
-                bad.append((name or "<model>", cls))
-    if bad:
-        rows = "\n".join(f"  {n} ({c.__module__}.{c.__name__})" for n, c in bad)
-        raise ValueError(
-            "to_dense: cannot read the group action of these modules from escnn:\n" + rows + "\n"
-            "Only escnn's R2Conv, R3Conv and Linear are made dense; escnn modules equivariant by "
-            f"construction ({', '.join(c.__name__ for c in EQUIVARIANT_BY_CONSTRUCTION[:3])}, ...) "
-            "and parameter-free modules are "
-            "kept. Replace the module by an escnn one, or, if it only sees invariant features, pass "
-            f"to_dense(model, invariant=[{bad[0][0]!r}])"
-        )
-    if not replace:
-        raise ValueError("to_dense: the model has no escnn R2Conv, R3Conv or Linear layer to make dense")
-    # deepcopy with the steerable layers pre-mapped to their dense versions: their escnn bases are never
-    # copied (deepcopy of an escnn conv fails in eval mode), everything else is
-    memo: dict[int, Any] = dict(replace)
-    dense = copy.deepcopy(model, memo)
-    return dense, escnn_spec(dense)
-
-
-def escnn_spec(model: nn.Module, subspace: str | None = None) -> ModelProjection:
-    """The :class:`~lightning_equi.subspace.spec.ModelProjection` of a model holding dense escnn layers.
-
-    Every ``weight``/``bias`` of a :class:`DenseR2Conv`, :class:`DenseR3Conv`, :class:`DenseLinear`
-    gets its projector; all other parameters are free. Use it from a LightningModule:
-    ``def symmetry_spec(self): return escnn_spec(self)``.
-    """
-    entries, groups = [], {}
-    for name, module in model.named_modules():
-        if not isinstance(module, DENSE_LAYERS):
-            continue
-        groups[module.in_type.gspace.fibergroup.name] = module.in_type.gspace
-        for attr, proj in layer_projectors(module, subspace).items():
-            full = f"{name}.{attr}" if name else attr
-            entries.append(ProjectedTensor(full, proj, False, name, module, attr))
-    if not entries:
-        raise ValueError(
-            f"escnn_spec: {type(model).__name__} holds no dense escnn layer; "
-            "convert it first with to_dense(model)"
-        )
-    if len(groups) > 1:
-        raise ValueError(
-            f"escnn_spec: the dense layers use different groups {sorted(groups)}; one model, one group"
-        )
-    group = group_from_escnn(next(iter(groups.values())))
-    covered = {e.name for e in entries}
-    free = [n for n, _ in model.named_parameters() if n not in covered]
-    return ModelProjection(group, model, entries, free)
-
-
-def _least_squares(layer: _DenseLayer, target: Any, strict: bool, name: str) -> None:
-    """Set ``target.weights`` (and ``bias``) to the least-squares coefficients of ``layer``'s dense weight."""
-    be = target.basisexpansion
-    w = layer.weight.detach().to("cpu", torch.float64)
-    w3 = w.reshape(w.shape[0], w.shape[1], -1)
-    rows_out, rows_in = {}, {}
-    for rows, ft in ((rows_out, target.out_type), (rows_in, target.in_type)):
-        start = 0
-        for rep in ft.representations:
-            rows.setdefault(rep.name, []).append(list(range(start, start + rep.size)))
-            start += rep.size
-    coeffs = torch.zeros(be.dimension(), dtype=torch.float64)
-    fitted = torch.zeros_like(w3)
-    for pair in be._representations_pairs:
-        block = getattr(be, f"block_expansion_{be._escape_pair(pair)}")
-        basis = block.sampled_basis.detach().to("cpu", torch.float64)
-        b = basis.reshape(basis.shape[0], -1)  # (b, o*i*S)
-        ro = torch.tensor(rows_out[pair[1]])[:, None, :, None]
-        ri = torch.tensor(rows_in[pair[0]])[None, :, None, :]
-        blocks = w3[ro, ri]  # (n_out, n_in, o, i, S), escnn's coefficient order (out field, in field, b)
-        c = blocks.reshape(-1, b.shape[1]) @ torch.linalg.pinv(b)
-        lo, hi = be._weights_ranges[pair]
-        coeffs[lo:hi] = c.reshape(-1)
-        fitted[ro, ri] = (c @ b).reshape(blocks.shape)
-    residual = (w3 - fitted).norm() / w3.norm().clamp_min(1e-30)
-    if residual > 1e-4:
-        msg = (
-            f"to_escnn: the weight of {name or 'the model'} is not in span(escnn basis) (relative residual "
-            f"{float(residual):.3g}); escnn keeps only its least-squares projection, a different function. "
-            "A layer trained with subspace='grid' needs a richer escnn basis (more rings, a higher "
-            "frequencies_cutoff), or train with subspace='basis'"
-        )
-        if strict:
-            raise ValueError(msg + "; pass strict=False to convert anyway")
-        warnings.warn(msg, stacklevel=3)
-    with torch.no_grad():
-        target.weights.copy_(coeffs.to(target.weights.dtype))
-        if layer.bias is not None:
-            expansion = target.bias_expansion.detach().double()
-            target.bias.copy_(
-                (torch.linalg.pinv(expansion) @ layer.bias.detach().cpu().double()).to(target.bias.dtype)
-            )
-    target.to(layer.weight.device)
-
-
-def to_escnn(model: nn.Module, strict: bool = True) -> nn.Module:
-    """A copy of ``model`` with every dense layer turned back into escnn's own layer.
-
-    Coefficients are the least-squares fit of the dense weight onto escnn's basis, block by block;
-    escnn -> :func:`to_dense` -> ``to_escnn`` gives back the same function. The new escnn layers
-    have bases of their own (``recompute=True``) and are left in train mode.
-
-    Raises:
-        ValueError: if a dense weight is not in span(escnn basis) (e.g. trained on the larger
-            ``"grid"`` E) and ``strict``; otherwise a warning, and the projection is kept.
-    """
-    replace: dict[int, Any] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, DENSE_LAYERS):
-            target = module.to_escnn_layer()
-            _least_squares(module, target, strict, name)
-            target.train(module.training)
-            replace[id(module)] = target
-    if not replace:
-        raise ValueError(f"to_escnn: {type(model).__name__} holds no dense escnn layer")
-    return copy.deepcopy(model, dict(replace))
