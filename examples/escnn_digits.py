@@ -55,7 +55,7 @@ from lightning_equi.actions import ImageAction
 from lightning_equi.adapters import escnn_spec, grid_lint, require_escnn, to_dense
 from lightning_equi.callbacks import build_callbacks
 from lightning_equi.groups import get_group
-from lightning_equi.metrics import equivariance_error
+from lightning_equi.metrics import model_equivariance_error
 from lightning_equi.subspace import ModelProjection
 
 GROUPS = ("C4", "D4", "SO2")
@@ -192,8 +192,6 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 256) -> float:
 def equivariance_errors(model: nn.Module, x: Tensor, group: str) -> dict[str, float]:
     """Mean ``||f(g x) - f(x)|| / ||f(x)||`` of the logits: ``exact`` over elements acting exactly on the
     grid (every element of C4/D4; the quarter turns of SO2), ``approx`` over 16 angles (SO2 only)."""
-    model.eval()
-    fx = model(x)
     exact_group = "C4" if group == "SO2" else group
     out = {}
     for key, action, g in (
@@ -206,10 +204,8 @@ def equivariance_errors(model: nn.Module, x: Tensor, group: str) -> dict[str, fl
     ):
         if key == "approx" and group != "SO2":
             continue
-        g_rep = g.repeat_interleave(x.shape[0], dim=0)
-        x_rep = x.repeat(g.shape[0], 1, 1, 1)
-        fx_rep = fx.repeat(g.shape[0], 1)
-        out[key] = float(equivariance_error(model(action(g_rep, x_rep)), fx_rep, fx_rep)["total"])
+        g_rep = g.repeat_interleave(x.shape[0], dim=0)  # every element for every sample
+        out[key] = float(model_equivariance_error(model, x, g_rep, action, exact=True)["total"])
     return out
 
 

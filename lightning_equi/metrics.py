@@ -34,6 +34,7 @@ __all__ = [
     "relative_errors",
     "transformed_outputs",
     "model_equivariance_error",
+    "probe_elements",
 ]
 
 _NAN_STRATEGIES = ("error", "warn", "ignore")
@@ -162,7 +163,7 @@ def transformed_outputs(
     act_out: Action | None = None,
     eval_mode: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(f(g x), g f(x), f(x))`` for ``k`` elements per sample of ``x``, ready for :func:`equivariance_error`.
+    """``(f(g x), g f(x), f(x))`` for ``k`` elements per sample of ``x`` (see :func:`equivariance_error`).
 
     ``g`` holds ``k * B`` elements for the ``B`` samples of ``x``: sample ``i`` of copy ``c`` is
     transformed by ``g[c * B + i]`` (so ``G.elements().repeat_interleave(B, dim=0)`` probes every sample
@@ -208,6 +209,42 @@ def transformed_outputs(
         if module is not None:
             module.train(was_training)
     return f_gx, g_fx, fx
+
+
+def probe_elements(
+    action: Action, batch_size: int, draws: int = 4, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """The elements that probe a batch of ``batch_size`` samples, and which of them act exactly.
+
+    Every element of :meth:`~lightning_equi.groups.Group.testing_elements` when that is the whole group
+    (finite groups of order at most 16); else ``draws`` Haar draws per sample from ``generator``,
+    followed, when the action interpolates some elements, by the group's testing elements that act
+    exactly (quarter turns and mirrors of a pixel grid), so that the error splits into its exact and
+    interpolated parts. Layout as in :func:`transformed_outputs`: element ``c * B + i`` for sample ``i``.
+
+    Returns:
+        ``(g, exact)``: the elements (``k * batch_size``, on the CPU) and ``action.exact_mask(g)``.
+
+    Example:
+        >>> from lightning_equi.actions import ImageAction
+        >>> g, exact = probe_elements(ImageAction("C8"), batch_size=2)
+        >>> g.tolist(), exact.tolist()[:4]
+        ([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7], [True, True, False, False])
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> g, exact = probe_elements(ImageAction("SO2"), 2, draws=3, generator=gen)
+        >>> g.shape, exact.int().tolist()  # 3 Haar draws, then the 4 quarter turns, per sample
+        (torch.Size([14]), [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+    """
+    group = action.group
+    tests = group.testing_elements()
+    if group.is_finite and tests.shape[0] == group.order:
+        g = tests.repeat_interleave(batch_size, dim=0)
+    else:
+        g = group.sample(draws * batch_size, generator=generator)
+        grid = tests[action.exact_mask(tests)]
+        if not bool(action.exact_mask(g).all()) and grid.shape[0]:
+            g = torch.cat([g, grid.repeat_interleave(batch_size, dim=0)])
+    return g, action.exact_mask(g)
 
 
 def model_equivariance_error(

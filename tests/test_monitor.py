@@ -194,14 +194,106 @@ def test_equi_vs_nom_functional_error_and_gradient_share(tmp_path):
     assert results["equi"]["equi/grad_perp_share"] > 0.05 and results["nom"]["equi/grad_perp_share"] > 0.05
 
 
-def test_monitor_after_projection_warns(tmp_path):
-    with pytest.warns(UserWarning, match="comes after EquivariantProjection"):
-        _fit(
-            tmp_path,
-            BoringEquiModel(),
-            [EquivariantProjection(), EquivarianceMonitor(every_n_steps=2)],
-            max_steps=2,
-        )
+def _history(monitor: EquivarianceMonitor) -> list[dict[str, float]]:
+    return [dict(h) for h in monitor.history]
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_monitor_figures_do_not_depend_on_the_callback_order(tmp_path, accumulate):
+    """Lightning's rule: callbacks are independent of their order. The monitor reads the gradient in
+    on_after_backward, before EquivariantProjection projects it, whichever comes first."""
+    histories = []
+    for first_monitor in (True, False):
+        L.seed_everything(0, verbose=False)
+        monitor, projection = EquivarianceMonitor(every_n_steps=1), EquivariantProjection()
+        callbacks = [monitor, projection] if first_monitor else [projection, monitor]
+        _fit(tmp_path, BoringEquiModel(), callbacks, max_steps=4, accumulate_grad_batches=accumulate)
+        histories.append(_history(monitor))
+    assert histories[0] == histories[1]
+    shares = [h["equi/grad_perp_share"] for h in histories[0] if "equi/grad_perp_share" in h]
+    assert len(shares) == 4 and min(shares) > 0.05  # the gradient before projection, not after
+
+
+def test_monitor_figures_do_not_depend_on_the_projection_being_present(tmp_path):
+    """From weights already in E, nom and equi take their first step from the same gradient: the
+    monitor logs the same share of it outside E, whether EquivariantProjection is there or not."""
+    histories = []
+    for present in (False, True):
+        L.seed_everything(0, verbose=False)
+        model = BoringEquiModel()
+        model.symmetry_spec().bind(model).project_parameters_()
+        monitor = EquivarianceMonitor(every_n_steps=1)
+        # pooled BatchNorm statistics would change the forward pass itself, so leave them per channel
+        extra = [EquivariantProjection(pool_batch_stats=False)] if present else []
+        _fit(tmp_path, model, [*extra, monitor], max_steps=1)
+        histories.append(_history(monitor))
+    (start_nom, step_nom), (start_equi, step_equi) = histories
+    assert start_nom.keys() == start_equi.keys()
+    for key in start_nom:
+        assert math.isclose(start_nom[key], start_equi[key], rel_tol=1e-6, abs_tol=1e-9), key
+    assert math.isclose(step_nom["equi/grad_perp_share"], step_equi["equi/grad_perp_share"], rel_tol=1e-6)
+    assert step_nom["equi/grad_perp_share"] > 0.05
+
+
+class _NoSpecModel(BoringEquiModel):
+    symmetry_spec = None  # the spec is only given to EquivariantProjection
+
+
+def test_monitor_binds_the_spec_an_equivariant_projection_was_given(tmp_path):
+    """Without a spec of its own or on the model, the monitor binds (itself) the spec configured on
+    EquivariantProjection, and logs what it logs when given that spec directly."""
+    spec = BoringEquiModel().symmetry_spec()
+    histories = []
+    for own_spec in (False, True):
+        L.seed_everything(0, verbose=False)
+        monitor = EquivarianceMonitor(every_n_steps=1, spec=spec if own_spec else None)
+        _fit(tmp_path, _NoSpecModel(), [monitor, EquivariantProjection(spec=spec)], max_steps=3)
+        assert monitor.projection is not None
+        histories.append(_history(monitor))
+    assert histories[0] == histories[1]
+
+
+class _PooledImageModel(L.LightningModule):
+    """Invariant under every planar rotation of the continuum: a linear map of the image's mean. On a
+    pixel grid, quarter turns keep the mean exactly; other angles resample the image and change it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def symmetry_spec(self) -> SymmetrySpec:
+        return SymmetrySpec(self.group).layer("fc", "trivial", "trivial")
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.rand(16, 1, 9, 9, generator=g), torch.rand(16, 1, generator=g))
+        return DataLoader(data, batch_size=8)
+
+
+@pytest.mark.parametrize("group", ["C8", "D8", "C16", "SO2", "O2"])
+def test_exact_and_interpolated_split_for_every_planar_group(tmp_path, group):
+    """The action flags each element: C8, D8 and C16 probe their quarter turns (exact on the grid)
+    beside the other angles, as SO2 and O2 do; so each logs the split."""
+    model = _PooledImageModel()
+    model.group = group
+    monitor = EquivarianceMonitor(every_n_steps=1, probe_size=4)
+    _fit(tmp_path, model, [monitor], max_steps=1)
+    last = monitor.history[-1]  # the probe is the first training batch
+    assert last["equi/functional_error_exact"] < 1e-6
+    # resampling the corners of a 9 x 9 image moves its mean by a few parts in ten thousand
+    assert last["equi/functional_error_inexact"] > 1e-4
+    exact = monitor.state_dict()["probe"]["exact"]
+    assert 0 < int(exact.sum()) < exact.numel()
 
 
 def test_figure_plots_the_history(tmp_path):

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_equi.groups import FiniteGroup, Group, Representation
 
-__all__ = ["Action", "FiberAction"]
+__all__ = ["Action", "FiberAction", "interpolates"]
 
 # a finite representation is tabulated over all elements when the table is at most this many entries
 _MAX_TABLE = 1 << 22
@@ -56,6 +56,22 @@ class Action(ABC):
             raise ValueError(f"x must have a batch dimension for {type(self).__name__}, got a 0-d tensor")
         return x.shape[0]
 
+    def exact_mask(self, g: Tensor) -> Tensor:
+        """Per element of ``g``, whether it acts exactly on the data (``(B,)`` bool, on ``g``'s device).
+
+        ``action.exact`` says it for every element at once; an action that interpolates in general
+        may still act exactly by some elements (a quarter turn of a pixel grid under C8 or SO(2)),
+        and says so here: the functional equivariance error is then split into what the model does
+        on exact elements and what interpolating the data adds.
+
+        Example:
+            >>> from lightning_equi.actions import ImageAction
+            >>> ImageAction("C8").exact_mask(torch.arange(8))
+            tensor([ True, False,  True, False,  True, False,  True, False])
+        """
+        self.group.check(g, "g")
+        return torch.full((g.shape[0],), bool(self.exact), dtype=torch.bool, device=g.device)
+
     def check_elements(self, g: Tensor, batch_size: int) -> Tensor:
         """Raise a clear error unless ``g`` is a batch of ``batch_size`` elements of :attr:`group`."""
         group = self.group
@@ -75,6 +91,24 @@ class Action(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.group.name}, exact={self.exact})"
+
+
+def interpolates(action: Action | None) -> bool:
+    """Whether ``action`` resamples data on a grid for some elements (an image action that is not
+    exact), as opposed to acting exactly or only rounding coordinates: only then is a large
+    equivariance error on its inexact elements natural.
+
+    Example:
+        >>> from lightning_equi.actions import ImageAction, PointCloudAction
+        >>> interpolates(ImageAction("C8")), interpolates(ImageAction("C4"))
+        (True, False)
+        >>> interpolates(PointCloudAction("SO2"))  # rotated coordinates are only rounded
+        False
+    """
+    from lightning_equi.actions.images import ImageAction  # images imports this module
+
+    spatial = getattr(action, "spatial", action)  # an action on escnn GeometricTensors moves its base space
+    return isinstance(spatial, ImageAction) and not spatial.exact
 
 
 def _trivial(rep: Representation) -> bool:

@@ -142,6 +142,19 @@ class ImageAction(Action):
                 f"but the action's group is {group.name}"
             )
 
+    def exact_mask(self, g: Tensor) -> Tensor:
+        """All True for an exact action; when resampling, True for the elements that map the square
+        pixel grid onto itself: rotations by multiples of a quarter turn, with or without a mirror."""
+        mask = super().exact_mask(g)
+        if self.exact or not isinstance(self.group, _PLANAR):
+            return mask
+        if isinstance(self.group, (CyclicGroup, DihedralGroup)):
+            # an integer test: 4 k / N is an integer
+            steps = g.long() if isinstance(self.group, CyclicGroup) else g[:, 1].long()
+            return (4 * steps) % self.group.n == 0
+        quarters = self.group.angle(g).double() / (math.pi / 2)
+        return (quarters - quarters.round()).abs() <= 1e-9
+
     @property
     def spatial_dims(self) -> int:
         """Number of trailing axes moved by the group (2, or the torus dimension)."""

@@ -4,11 +4,19 @@
 * :class:`EquivariantProjection` -- *equi*: start in E and project every gradient onto E.
 * :class:`EquivarianceMonitor` -- log distances to E and the functional equivariance error.
 * :func:`build_callbacks` -- the callbacks of a mode chosen by one flag (``"nom"``, ``"aug"``, ``"equi"``).
+
+Each callback is a few hooks over the functional core (``lightning_equi.actions``, ``subspace``,
+``metrics``), independent of the others and of their order; none imports another's module.
+``layout`` holds what the monitor shows (tags, TensorBoard layout, trajectory figure), ``messages``
+the texts they share. ``make_action`` and ``ACTION_NAMES`` are re-exported from
+:mod:`lightning_equi.actions`.
 """
 
-from lightning_equi.callbacks.equivariance_monitor import TAGS, EquivarianceMonitor
+from lightning_equi.actions import ACTION_NAMES, make_action
+from lightning_equi.callbacks.equivariance_monitor import EquivarianceMonitor
 from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
-from lightning_equi.callbacks.haar_augmentation import ACTION_NAMES, HaarAugmentation, make_action
+from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
+from lightning_equi.callbacks.layout import TAGS
 from lightning_equi.callbacks.modes import MODES, build_callbacks
 
 __all__ = [

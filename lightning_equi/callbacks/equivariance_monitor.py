@@ -17,41 +17,25 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
-from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_equi.actions import Action, ImageAction
-from lightning_equi.callbacks.equivariant_projection import NO_SPEC_MESSAGE, EquivariantProjection
-from lightning_equi.callbacks.haar_augmentation import make_action
-from lightning_equi.groups import O2, SO2, FiniteGroup, Group
-from lightning_equi.metrics import EquivarianceError
+from lightning_equi.actions import Action, interpolates, make_action
+from lightning_equi.callbacks.layout import TAGS, custom_scalars_layout, trajectory_figure
+from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE
+from lightning_equi.metrics import EquivarianceError, probe_elements, transformed_outputs
 from lightning_equi.subspace import ModelProjection, SymmetrySpec, resolve_spec
-from lightning_equi.subspace.distance import layer_distances, total_distance
 
 __all__ = ["EquivarianceMonitor", "TAGS"]
-
-#: the tag prefixes this callback logs; ``<layer>`` is a module name of the model, or ``total``
-TAGS = {
-    "equi/dist_to_E/<layer>": "||A - Pi_E A||, Frobenius",
-    "equi/rel_dist_to_E/<layer>": "||A - Pi_E A|| / ||A||",
-    "equi/dist_from_start/<layer>": "||A - A0||",
-    "equi/dist_from_start_in_E/<layer>": "||Pi_E (A - A0)||: the move along E",
-    "equi/dist_from_start_perp/<layer>": "||(I - Pi_E)(A - A0)||: the move away from E",
-    "equi/grad_perp_share": "||(I - Pi_E) grad|| / ||grad||, before any gradient projection",
-    "equi/functional_error": "E_g ||f(g x) - g f(x)|| / ||f(x)|| on the probe batch",
-    "equi/functional_error_exact": "the same, over elements acting exactly on the data grid",
-    "equi/functional_error_inexact": "the same, over elements acting by interpolation",
-}
-_FULL_ORBIT = 16  # finite groups up to this order are probed with every element
 
 
 class EquivarianceMonitor(Callback):
     r"""Log distances to the equivariant subspace E and the functional equivariance error.
 
-    Every ``every_n_steps`` optimizer steps, at the end of every training epoch and once at the
-    start, the callback measures the model with its symmetry spec (the one of an
-    :class:`EquivariantProjection` in the same Trainer, else ``spec``, else the model's
-    ``symmetry_spec()``) and logs the values below. They go to every logger directly, at step
+    Every ``every_n_steps`` optimizer steps (the rule is :meth:`should_measure`, which a subclass may
+    override), at the end of every training epoch and once at the start, the callback measures the
+    model with its symmetry spec (``spec``, else the model's ``symmetry_spec()``, else the ``spec``
+    given to an :class:`EquivariantProjection` in the same Trainer; the monitor binds it itself) and
+    logs the values below. They go to every logger directly, at step
     ``trainer.global_step`` (independent of ``Trainer(log_every_n_steps)``), and into
     ``trainer.callback_metrics`` (so ``EarlyStopping``/``ModelCheckpoint`` can monitor them). With a
     TensorBoard logger it also writes a custom-scalars layout (one chart per quantity comparing all
@@ -59,9 +43,18 @@ class EquivarianceMonitor(Callback):
 
     The functional error is measured on a fixed probe: the first ``probe_size`` inputs of the first
     training batch (or ``probe_batch``), each transformed by every element of a finite group of order
-    at most 16, else by ``probe_elements`` Haar draws (plus the quarter turns and mirrors, which act
-    exactly on a pixel grid, when an SO2/O2 image action interpolates: then the error is also split
-    into its exact and interpolated parts). The model is evaluated in eval mode, without gradients.
+    at most 16, else by ``probe_elements`` Haar draws, plus the group's testing elements that act
+    exactly when the input action interpolates (:func:`lightning_equi.metrics.probe_elements`). Each
+    element is flagged exact or not by the action (``exact_mask``), so whenever both kinds occur (C8,
+    D8, SO2, O2 on pixel grids) the error is also split into its exact and interpolated parts. The
+    model is evaluated in eval mode, without gradients
+    (:func:`lightning_equi.metrics.transformed_outputs`).
+
+    The gradient's share outside E is read in ``on_after_backward``, before any callback's
+    ``on_before_optimizer_step`` (where :class:`EquivariantProjection` projects it), so the monitor
+    logs the same figures whatever the order of the callbacks and whether the projection is present.
+    Under gradient accumulation it is computed after each backward of a step that will be logged, the
+    last (the accumulated gradient) being kept.
     The probe, its elements, the start ``A0`` and the history are saved in the checkpoint, so a resumed
     run logs what an uninterrupted one would.
 
@@ -119,11 +112,13 @@ class EquivarianceMonitor(Callback):
         log_layers: bool = True,
         seed: int = 0,
     ) -> None:
-        for name, value in (("every_n_steps", every_n_steps), ("probe_size", probe_size)):
+        for name, value in (
+            ("every_n_steps", every_n_steps),
+            ("probe_size", probe_size),
+            ("probe_elements", probe_elements),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise MisconfigurationException(f"`{name}` must be an int >= 1, got {value!r}")
-        if not isinstance(probe_elements, int) or isinstance(probe_elements, bool) or probe_elements < 1:
-            raise MisconfigurationException(f"`probe_elements` must be an int >= 1, got {probe_elements!r}")
         if probe_batch is not None and not (isinstance(probe_batch, Tensor) or callable(probe_batch)):
             raise MisconfigurationException(
                 f"`probe_batch` must be None, a tensor or a function (trainer, pl_module) -> Tensor, "
@@ -163,28 +158,33 @@ class EquivarianceMonitor(Callback):
 
     @property
     def projection(self) -> ModelProjection | None:
-        """The :class:`~lightning_equi.subspace.spec.ModelProjection` measured (set at fit start)."""
+        """The :class:`~lightning_equi.subspace.ModelProjection` measured (bound at fit start)."""
         return self._projection
+
+    # ---- rules (override to change when the monitor measures) -----------------------------------
+
+    def should_measure(self, trainer: Trainer) -> bool:
+        """Whether to measure after the optimizer step that made ``trainer.global_step``; by default every
+        ``every_n_steps`` steps, once per step (also at epoch ends, whatever this says)."""
+        step = trainer.global_step
+        return step != self._last_step and step % self.every_n_steps == 0
+
+    def should_measure_gradient(self, trainer: Trainer) -> bool:
+        """Whether the gradient of the coming optimizer step is measured (that step will be logged)."""
+        return (trainer.global_step + 1) % self.every_n_steps == 0
+
+    # ---- hooks ------------------------------------------------------------------------------------
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        owner = next((cb for cb in trainer.callbacks if isinstance(cb, EquivariantProjection)), None)
-        if owner is not None:
-            self._projection = owner.resolve(pl_module)
-            if trainer.callbacks.index(owner) < trainer.callbacks.index(self):
-                rank_zero_warn(
-                    "EquivarianceMonitor comes after EquivariantProjection in the callbacks, so it measures "
-                    "the gradient after projection (equi/grad_perp_share ~ 0); put the monitor first"
-                )
-        elif self.spec is None and not callable(getattr(pl_module, "symmetry_spec", None)):
-            message = NO_SPEC_MESSAGE.format(who="EquivarianceMonitor", name=type(pl_module).__name__)
-            raise MisconfigurationException(message + " To train without it, leave the monitor out.")
-        else:
-            self._projection = resolve_spec(pl_module, self.spec)
+        self._projection = self._bind(trainer, pl_module)
         group = self._projection.group
         if self.log_functional_error:
-            self._act_in = make_action(self.inputs, group)
-            self._act_out = None if self.outputs is None else make_action(self.outputs, group)
+            try:
+                self._act_in = make_action(self.inputs, group)
+                self._act_out = None if self.outputs is None else make_action(self.outputs, group)
+            except (TypeError, ValueError) as err:
+                raise MisconfigurationException(f"EquivarianceMonitor: {err}") from err
         self.metric = self.metric.to(pl_module.device)
 
     @override
@@ -198,7 +198,9 @@ class EquivarianceMonitor(Callback):
                 else self.probe_batch(trainer, pl_module)
             )
             self._set_probe(trainer, probe)
-        self._write_layout(trainer)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                logger.experiment.add_custom_scalars(custom_scalars_layout())
         if not self.history:
             self._measure_and_log(trainer, pl_module, in_hook=False)
 
@@ -218,18 +220,15 @@ class EquivarianceMonitor(Callback):
                 )
 
     @override
-    def on_before_optimizer_step(
-        self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
-    ) -> None:
-        if (trainer.global_step + 1) % self.every_n_steps == 0:
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.should_measure_gradient(trainer):
             self._grad_share = self._projection.gradient_perp_share()
 
     @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step = trainer.global_step
-        if step != self._last_step and step % self.every_n_steps == 0:
+        if self.should_measure(trainer):
             self._measure_and_log(trainer, pl_module)
 
     @override
@@ -247,31 +246,12 @@ class EquivarianceMonitor(Callback):
                 )
                 logger.experiment.flush()
 
+    # ---- measuring --------------------------------------------------------------------------------
+
     def measure(self, pl_module: LightningModule) -> dict[str, Tensor]:
         """All the quantities of the table above, now, as float64 tensors keyed by tag."""
-        projection, out = self._projection, {}
-        owners = {e.name: e.layer or "(root)" for e in projection.entries}
-        dist = projection.distances()
-        norms = {e.name: e.tensor.detach().double().norm() for e in projection.parameters}
-        moved = projection.distances_from(self._w0)
-        parts = {
-            "dist_to_E": dist,
-            "dist_from_start": moved["total"],
-            "dist_from_start_in_E": moved["in_E"],
-            "dist_from_start_perp": moved["perp"],
-        }
-        for key, values in parts.items():
-            if self.log_layers:
-                for layer, value in layer_distances(values, owners).items():
-                    out[f"equi/{key}/{layer}"] = value
-            out[f"equi/{key}/total"] = total_distance(values)
-        if self.log_layers:
-            layer_norms = layer_distances(norms, owners)
-            for layer, value in layer_distances(dist, owners).items():
-                out[f"equi/rel_dist_to_E/{layer}"] = (
-                    value / layer_norms[layer] if layer_norms[layer] > 0 else value
-                )
-        out["equi/rel_dist_to_E/total"] = projection.relative_total_distance()
+        report = self._projection.report(self._w0, layers=self.log_layers)
+        out = {f"equi/{key}": value for key, value in report.items()}
         if self._grad_share is not None:
             out["equi/grad_perp_share"] = self._grad_share
             self._grad_share = None
@@ -281,26 +261,20 @@ class EquivarianceMonitor(Callback):
 
     def figure(self) -> Any:
         """A matplotlib figure of ``||A - Pi_E A||`` against ``||A - A0||`` over the history."""
-        from matplotlib.figure import Figure
+        return trajectory_figure(self.history)
 
-        fig = Figure(figsize=(5, 4))
-        ax = fig.add_subplot()
-        x = [h["equi/dist_from_start/total"] for h in self.history]
-        y = [h["equi/dist_to_E/total"] for h in self.history]
-        ax.plot(x, y, "-", color="C0", label="every logged step")
-        ends = [h for h in self.history if h.get("epoch_end")]
-        ax.plot(
-            [h["equi/dist_from_start/total"] for h in ends],
-            [h["equi/dist_to_E/total"] for h in ends],
-            "o",
-            color="C1",
-            label="epoch ends",
-        )
-        ax.set_xlabel(r"distance from start $\|A - A_0\|$")
-        ax.set_ylabel(r"distance to E $\|A - \Pi_E A\|$")
-        ax.legend(loc="best")
-        fig.tight_layout()
-        return fig
+    def _bind(self, trainer: Trainer, pl_module: LightningModule) -> ModelProjection:
+        """The monitor's own binding of the spec. No other callback's state is read: only, when neither
+        the monitor nor the model has a spec, the public ``spec`` another callback of the Trainer was
+        configured with (``EquivariantProjection(spec=...)``)."""
+        spec = self.spec
+        if spec is None and not callable(getattr(pl_module, "symmetry_spec", None)):
+            configured = (getattr(cb, "spec", None) for cb in trainer.callbacks if cb is not self)
+            spec = next((s for s in configured if isinstance(s, (SymmetrySpec, ModelProjection))), None)
+            if spec is None:
+                message = NO_SPEC_MESSAGE.format(who="EquivarianceMonitor", name=type(pl_module).__name__)
+                raise MisconfigurationException(message + " To train without it, leave the monitor out.")
+        return resolve_spec(pl_module, spec)
 
     def _measure_and_log(self, trainer: Trainer, pl_module: LightningModule, in_hook: bool = True) -> None:
         values = self.measure(pl_module)
@@ -322,7 +296,7 @@ class EquivarianceMonitor(Callback):
         in_E = float(values["equi/rel_dist_to_E/total"]) < _IN_E
         exact = values.get("equi/functional_error_exact", values["equi/functional_error"])
         # only resampling an image makes a large error natural; rotating coordinates only rounds them
-        interpolated = not bool(self._probe["exact"].any()) and _interpolates(self._act_in)
+        interpolated = not bool(self._probe["exact"].any()) and interpolates(self._act_in)
         if not in_E or interpolated or not float(exact) > _NOT_EQUIVARIANT:
             return
         self._warned_not_equivariant = True
@@ -339,23 +313,12 @@ class EquivarianceMonitor(Callback):
         )
 
     def _functional_error(self, pl_module: LightningModule) -> dict[str, Tensor]:
-        x, g, exact = self._probe["x"], self._probe["g"], self._probe["exact"].bool()
         device = pl_module.device
-        x, g, exact = x.to(device), g.to(device), exact.to(device)
-        copies = g.shape[0] // x.shape[0]
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                fx = pl_module(x)
-                fx_rep = fx.repeat(copies, *([1] * (fx.dim() - 1)))
-                x_rep = x.repeat(copies, *([1] * (x.dim() - 1)))
-                f_gx = pl_module(self._act_in(g, x_rep))
-                g_fx = fx_rep if self._act_out is None else self._act_out(g, fx_rep)
-        finally:
-            pl_module.train(was_training)
+        x, g = self._probe["x"].to(device), self._probe["g"].to(device)
+        exact = self._probe["exact"].bool().to(device)
+        f_gx, g_fx, fx = transformed_outputs(pl_module, x, g, self._act_in, self._act_out)
         self.metric.reset()
-        self.metric.update(f_gx, g_fx, fx_rep, exact)
+        self.metric.update(f_gx, g_fx, fx, exact)
         result = self.metric.compute()
         out = {"equi/functional_error": result["total"]}
         if not (math.isnan(float(result["exact"])) or math.isnan(float(result["inexact"]))):
@@ -369,42 +332,9 @@ class EquivarianceMonitor(Callback):
                 f"EquivarianceMonitor probes a tensor input, but got {type(x).__name__}: pass probe_batch=..."
             )
         x = x[: self.probe_size].detach().clone()
-        group = self._projection.group
         generator = torch.Generator().manual_seed(self.seed + trainer.global_rank)
-        n = x.shape[0]
-        if isinstance(group, FiniteGroup) and group.order <= _FULL_ORBIT:
-            g = group.elements().repeat_interleave(n, dim=0)
-            exact = torch.full((g.shape[0],), self._act_in.exact)
-        else:
-            g = group.sample(self.probe_elements * n, generator=generator)
-            exact = torch.full((g.shape[0],), self._act_in.exact)
-            grid = (
-                _grid_elements(group)
-                if isinstance(self._act_in, ImageAction) and not self._act_in.exact
-                else None
-            )
-            if grid is not None:
-                g = torch.cat([g, grid.repeat_interleave(n, dim=0)])
-                exact = torch.cat([exact, torch.ones(grid.shape[0] * n, dtype=torch.bool)])
-        self._probe = {"x": x.cpu(), "g": g.cpu(), "exact": exact}
-
-    def _write_layout(self, trainer: Trainer) -> None:
-        layout = {
-            "equi": {
-                "distance to E": ["Multiline", [r"equi/dist_to_E/.*"]],
-                "relative distance to E": ["Multiline", [r"equi/rel_dist_to_E/.*"]],
-                "distance from start": ["Multiline", [r"equi/dist_from_start/.*"]],
-                "move along E vs across E (total)": [
-                    "Multiline",
-                    [r"equi/dist_from_start_in_E/total", r"equi/dist_from_start_perp/total"],
-                ],
-                "gradient share outside E": ["Multiline", [r"equi/grad_perp_share"]],
-                "functional equivariance error": ["Multiline", [r"equi/functional_error.*"]],
-            }
-        }
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-                logger.experiment.add_custom_scalars(layout)
+        g, exact = probe_elements(self._act_in, x.shape[0], self.probe_elements, generator)
+        self._probe = {"x": x.cpu(), "g": g.cpu(), "exact": exact.cpu()}
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -426,20 +356,3 @@ class EquivarianceMonitor(Callback):
 # "in E": float32 rounding of a projection; "not equivariant": far above float32 rounding of a forward pass
 _IN_E = 1e-6
 _NOT_EQUIVARIANT = 1e-3
-
-
-def _interpolates(action: Action | None) -> bool:
-    """Whether the action resamples data on a grid (an image action that is not exact)."""
-    spatial = getattr(action, "spatial", action)  # GeometricTensorAction moves its base space by one
-    return isinstance(spatial, ImageAction) and not spatial.exact
-
-
-def _grid_elements(group: Group) -> Tensor | None:
-    """The quarter turns (and mirrors) of SO2/O2, which act exactly on a square pixel grid."""
-    quarter = torch.arange(4, dtype=torch.float64) * (math.pi / 2)
-    if isinstance(group, SO2):
-        return quarter
-    if isinstance(group, O2):
-        flips = torch.tensor([0.0, 1.0], dtype=torch.float64).repeat_interleave(4)
-        return torch.stack([flips, quarter.repeat(2)], dim=1)
-    return None

@@ -19,23 +19,19 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_equi.subspace.batchnorm import PooledBatchNorms, pool_batch_statistics
-from lightning_equi.subspace.spec import ModelProjection, SymmetrySpec, resolve_spec
-
-__all__ = ["EquivariantProjection", "NO_SPEC_MESSAGE"]
-
-NO_SPEC_MESSAGE = (
-    "{who} needs the symmetry spec of the model: {name} has no symmetry_spec() method and no spec was "
-    "given. Declare how the group acts on each layer, e.g.\n"
-    "    spec = SymmetrySpec('C4').layers(nn.Conv2d, fields='regular')"
-    ".layer('conv1', 'trivial', 'regular').layer('fc', 'regular', 'trivial')\n"
-    "and pass it as spec=spec, or return it from a method symmetry_spec(self) of the model."
+from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE
+from lightning_equi.subspace import (
+    ModelProjection,
+    PooledBatchNorms,
+    SymmetrySpec,
+    pool_batch_statistics,
+    resolve_spec,
 )
+
+__all__ = ["EquivariantProjection"]
 
 _REPROJECT = ("auto", True, False)
 _SHARDED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
-# projectors whose output is *bitwise* constant on orbits: elementwise optimizers keep it so
-_PERMUTATION_KINDS = ("orbit-mean", "closed-form")
 
 
 class EquivariantProjection(Callback):
@@ -223,7 +219,8 @@ class EquivariantProjection(Callback):
     def _needs_reprojection(trainer: Trainer, projection: ModelProjection) -> bool:
         if trainer.gradient_clip_val and trainer.gradient_clip_algorithm == "value":
             return True
-        if any(entry.projector.kind not in _PERMUTATION_KINDS for entry in projection.entries):
+        # a projector whose output is bitwise constant on orbits is kept so by elementwise optimizers
+        if not all(entry.projector.orbit_constant for entry in projection.entries):
             return True
         for opt in trainer.optimizers:
             if type(opt) is not torch.optim.SGD:

@@ -18,9 +18,11 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from lightning_equi.actions import ActionConfig
 from lightning_equi.callbacks.equivariance_monitor import EquivarianceMonitor
-from lightning_equi.callbacks.equivariant_projection import NO_SPEC_MESSAGE, EquivariantProjection
-from lightning_equi.callbacks.haar_augmentation import ActionConfig, HaarAugmentation
+from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
+from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
+from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE
 from lightning_equi.groups import Group, get_group
 from lightning_equi.subspace import ModelProjection, SymmetrySpec
 

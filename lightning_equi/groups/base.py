@@ -42,6 +42,19 @@ def _randint(high: int, size: tuple[int, ...], generator: torch.Generator | None
     return torch.randint(high, size, generator=generator, device=gen_device).to(device)
 
 
+#: finite groups up to this order are probed with every element (:meth:`Group.testing_elements`)
+FULL_PROBE_ORDER = 16
+
+
+def _unique_elements(group: Group, g: Tensor) -> Tensor:
+    """``g`` without repeated elements (first occurrence kept, order preserved)."""
+    keep: list[int] = []
+    for i in range(g.shape[0]):
+        if not any(bool(group.equal(g[i : i + 1], g[j : j + 1])[0]) for j in keep):
+            keep.append(i)
+    return g[keep]
+
+
 class Group(ABC):
     """A compact group: Haar sampling, composition, inverse, identity, on batched tensors.
 
@@ -81,6 +94,31 @@ class Group(ABC):
     def generators(self, device=None) -> Tensor:
         """A set of elements generating the group (finite part only for continuous groups)."""
         raise NotImplementedError(f"{self.name} has no finite generating set")
+
+    def testing_elements(self, device=None) -> Tensor:
+        """A fixed, deterministic batch of elements that every equivariance test should include.
+
+        The group's own choice (escnn's groups carry ``testing_elements()`` in the same spirit):
+        every element of a finite group of order at most :data:`FULL_PROBE_ORDER`; else the
+        elements that map a square (or cubic) grid onto itself -- quarter turns, and mirrors where
+        the group has them -- on which a model of grid data must be equivariant to float rounding
+        even when other elements interpolate; else the identity and the generators. Callers add
+        Haar draws for the generic elements (the :class:`~lightning_equi.callbacks.EquivarianceMonitor`
+        does, and :func:`lightning_equi.testing.assert_equivariant`).
+
+        Example:
+            >>> from lightning_equi.groups import get_group
+            >>> get_group("C4").testing_elements()
+            tensor([0, 1, 2, 3])
+            >>> get_group("SO2").testing_elements()  # the quarter turns
+            tensor([0.0000, 1.5708, 3.1416, 4.7124], dtype=torch.float64)
+        """
+        identity = self.identity(1, device=device)
+        try:
+            generators = self.generators(device=device).to(identity.dtype)
+        except NotImplementedError:
+            return identity
+        return _unique_elements(self, torch.cat([identity, generators]))
 
     def equal(self, a: Tensor, b: Tensor, atol: float = 1e-9) -> Tensor:
         """Elementwise equality of two batches of elements (``(B,)`` bool)."""
@@ -137,6 +175,11 @@ class FiniteGroup(Group):
         # Haar measure on a finite group = uniform over its elements.
         idx = _randint(self.order, (n,), generator, device)
         return self.elements(device=idx.device)[idx]
+
+    def testing_elements(self, device=None) -> Tensor:
+        if self.order <= FULL_PROBE_ORDER:
+            return self.elements(device=device)
+        return super().testing_elements(device=device)
 
     def cayley_table(self, device=None) -> Tensor:
         """``T[i, j] = index(elements[i] * elements[j])``."""

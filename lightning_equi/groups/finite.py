@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_equi.groups.base import FiniteGroup
+from lightning_equi.groups.base import FULL_PROBE_ORDER, FiniteGroup, _unique_elements
 
 __all__ = ["CyclicGroup", "DihedralGroup"]
 
@@ -54,6 +54,15 @@ class CyclicGroup(FiniteGroup):
 
     def generators(self, device=None) -> Tensor:
         return torch.tensor([1 % self.n], device=device)
+
+    def testing_elements(self, device=None) -> Tensor:
+        """Every element up to order 16; else the quarter turns (when ``4 | N``) and the generator."""
+        if self.order <= FULL_PROBE_ORDER:
+            return self.elements(device=device)
+        steps = (
+            torch.arange(4, device=device) * (self.n // 4) if self.n % 4 == 0 else self.identity(1, device)
+        )
+        return _unique_elements(self, torch.cat([steps, self.generators(device=device)]))
 
     def angle(self, g: Tensor) -> Tensor:
         """Rotation angle in radians (float64)."""
@@ -106,6 +115,21 @@ class DihedralGroup(FiniteGroup):
 
     def generators(self, device=None) -> Tensor:
         return torch.tensor([[0, 1 % self.n], [1, 0]], device=device)
+
+    def testing_elements(self, device=None) -> Tensor:
+        """Every element up to order 16; else the quarter turns with and without the mirror (when
+        ``4 | N``) and the generators."""
+        if self.order <= FULL_PROBE_ORDER:
+            return self.elements(device=device)
+        steps = (
+            torch.arange(4, device=device) * (self.n // 4)
+            if self.n % 4 == 0
+            else torch.zeros(1, device=device)
+        )
+        steps = steps.long()
+        flips = torch.arange(2, device=device).repeat_interleave(steps.shape[0])
+        grid = torch.stack([flips, steps.repeat(2)], dim=1)
+        return _unique_elements(self, torch.cat([grid, self.generators(device=device)]))
 
     def angle(self, g: Tensor) -> Tensor:
         return g[:, 1].double() * (2 * torch.pi / self.n)

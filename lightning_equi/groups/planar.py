@@ -7,6 +7,8 @@ element is ``(f, theta)`` = ``R(theta) S^f`` with ``S`` the mirror ``x -> -x``, 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -26,6 +28,10 @@ def _wrap(theta: Tensor) -> Tensor:
 def _angle_diff(a: Tensor, b: Tensor) -> Tensor:
     d = _wrap(a - b)
     return torch.minimum(d, _TWO_PI - d)
+
+
+def _quarter_turns(device=None) -> Tensor:
+    return torch.arange(4, dtype=torch.float64, device=device) * (math.pi / 2)
 
 
 class SO2(Group):
@@ -59,6 +65,10 @@ class SO2(Group):
 
     def angle(self, g: Tensor) -> Tensor:
         return g
+
+    def testing_elements(self, device=None) -> Tensor:
+        """The quarter turns, which map a square pixel grid onto itself."""
+        return _quarter_turns(device)
 
 
 class O2(Group):
@@ -97,6 +107,13 @@ class O2(Group):
 
     def equal(self, a: Tensor, b: Tensor, atol: float = 1e-9) -> Tensor:
         return (a[:, 0] == b[:, 0]) & (_angle_diff(a[:, 1], b[:, 1]) <= atol)
+
+    def testing_elements(self, device=None) -> Tensor:
+        """The quarter turns, then the same after the mirror: the 8 elements that map a square pixel
+        grid onto itself."""
+        quarter = _quarter_turns(device)
+        flips = torch.tensor([0.0, 1.0], dtype=torch.float64, device=device).repeat_interleave(4)
+        return torch.stack([flips, quarter.repeat(2)], dim=1)
 
     def angle(self, g: Tensor) -> Tensor:
         return g[:, 1]

@@ -62,6 +62,17 @@ class SO3(Group):
     def inverse(self, a: Tensor) -> Tensor:
         return a.transpose(-1, -2)
 
+    def testing_elements(self, device=None) -> Tensor:
+        """The identity and the quarter turns about the three axes, which map a cubic voxel grid onto
+        itself (escnn's ``R3Conv`` grids)."""
+        turns = [torch.eye(3, dtype=torch.float64, device=device)]
+        for i, j in ((1, 2), (2, 0), (0, 1)):  # about x, y, z
+            r = torch.eye(3, dtype=torch.float64, device=device)
+            r[i, i] = r[j, j] = 0.0
+            r[i, j], r[j, i] = -1.0, 1.0
+            turns.append(r)
+        return torch.stack(turns)
+
 
 class O3(SO3):
     """The orthogonal group O(3) = SO(3) x {+I, -I}.
@@ -83,3 +94,7 @@ class O3(SO3):
     def generators(self, device=None) -> Tensor:
         """The inversion ``-I``; with the rotations (the Lie algebra) it generates O(3)."""
         return -torch.eye(3, dtype=torch.float64, device=device)[None]
+
+    def testing_elements(self, device=None) -> Tensor:
+        """The quarter turns of :class:`SO3`, then the inversion ``-I``."""
+        return torch.cat([super().testing_elements(device), self.generators(device)])
