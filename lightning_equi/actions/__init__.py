@@ -11,19 +11,26 @@ Example:
     True
 """
 
-from lightning_equi.actions.base import Action, FiberAction
-from lightning_equi.actions.batch import BatchAction, augment
+from lightning_equi.actions.base import Action, FiberAction, interpolates
+from lightning_equi.actions.batch import ActionConfig, BatchAction, augment, batch_action, check_augmentation
 from lightning_equi.actions.images import ImageAction
 from lightning_equi.actions.points import PointCloudAction
+from lightning_equi.actions.registry import ACTION_NAMES, make_action
 from lightning_equi.actions.sets import GraphAction, SetAction
 
 __all__ = [
     "Action",
     "FiberAction",
+    "interpolates",
     "ImageAction",
     "PointCloudAction",
     "SetAction",
     "GraphAction",
     "BatchAction",
     "augment",
+    "batch_action",
+    "check_augmentation",
+    "ActionConfig",
+    "make_action",
+    "ACTION_NAMES",
 ]
