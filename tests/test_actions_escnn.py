@@ -224,8 +224,6 @@ def test_geometric_tensor_action_refusals():
 
 
 def test_geometric_tensor_action_exact_mask_is_its_base_space_actions():
-    if not hasattr(ImageAction, "exact_mask"):
-        pytest.skip("Action.exact_mask is not in lightning_equi.actions yet")
     gs8 = gspaces.rot2dOnR2(8)
     act8 = GeometricTensorAction(enn.FieldType(gs8, [gs8.regular_repr]))
     assert not act8.exact

@@ -249,8 +249,7 @@ class GeometricTensorAction(Action):
         (the fibers always are); all of them on ``no_base_space``."""
         if self.spatial is not None:
             return self.spatial.exact_mask(g)
-        self.group.check(g, "g")
-        return torch.full((g.shape[0],), self.exact, dtype=torch.bool, device=g.device)
+        return super().exact_mask(g)
 
     def batch_size(self, x: Any) -> int:
         import escnn.nn
