@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.callbacks import LearningRateMonitor
 
-import lightning_equi.cli
 from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection, HaarAugmentation
 from lightning_equi.cli import EquiCLI, ModeConfigError, main
 from lightning_equi.subspace import resolve_spec
@@ -145,11 +143,6 @@ def test_mode_options_cannot_shadow_the_named_flags() -> None:
         EquiCLI(args=["--model", BORING_EQUI, "--mode", "aug", "--mode_options", "{seed: 3}"], run=False)
     with pytest.raises(ModeConfigError, match=r"unknown option\(s\) \['copiess'\]"):
         EquiCLI(args=["--model", BORING_EQUI, "--mode", "aug", "--mode_options", "{copiess: 3}"], run=False)
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(lightning_equi.cli, optionflags=doctest.ELLIPSIS, verbose=False)
-    assert result.attempted >= 3 and result.failed == 0
 
 
 def test_console_entry_runs_in_a_subprocess(tmp_path: Path) -> None:

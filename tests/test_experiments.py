@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import doctest
 import gzip
-import importlib
 import io
 import json
 import struct
@@ -268,21 +266,6 @@ def test_configs_load_with_protocol_overrides():
         load_config("perm", {"protocol": "online"})
     with pytest.raises(FileNotFoundError, match="built-in"):
         load_config("perms")
-
-
-_EXPERIMENT_MODULES = ["config", "data", "figure", "models", "protocol", "recording", "runner"]
-
-
-@pytest.mark.parametrize("name", _EXPERIMENT_MODULES)
-def test_experiment_doctests(name):
-    module = importlib.import_module(f"lightning_equi.experiments.{name}")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
-    assert result.failed == 0, f"{result.failed} doctest(s) failed in {module.__name__}"
-
-
-def test_experiment_modules_are_all_tested():
-    folder = Path(importlib.import_module("lightning_equi.experiments").__file__).parent
-    assert sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__") == _EXPERIMENT_MODULES
 
 
 # --------------------------------------------------------------------------------------------------

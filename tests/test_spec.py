@@ -367,23 +367,3 @@ def test_summary_and_dimensions() -> None:
     assert projection.numel == sum(e.tensor.numel() for e in projection.entries if not e.is_buffer)
     text = projection.summary()
     assert "bn.running_var (buffer)" in text and "C4: dim E = 678" in text
-
-
-def _subspace_modules() -> list[str]:
-    import pkgutil
-
-    import lightning_equi.subspace
-
-    prefix = "lightning_equi.subspace."
-    return [m.name for m in pkgutil.iter_modules(lightning_equi.subspace.__path__, prefix)]
-
-
-@pytest.mark.parametrize("module", _subspace_modules())
-def test_subspace_doctests(module: str) -> None:
-    # every docstring example of the subspace package runs (spec, layers, projection and the projectors)
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS, verbose=False)
-    assert result.failed == 0, f"{result.failed} doctest(s) failed in {module}"
-    assert result.attempted > 0, f"{module} has no docstring example"
