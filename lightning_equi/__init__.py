@@ -56,6 +56,14 @@ _LAZY = {
             "GraphAction",
             "BatchAction",
             "augment",
+            "Action",
+            "FiberAction",
+            "ActionConfig",
+            "ACTION_NAMES",
+            "make_action",
+            "batch_action",
+            "check_augmentation",
+            "interpolates",
         ],
         "lightning_equi.actions",
     ),
@@ -77,10 +85,28 @@ _LAZY = {
         "lightning_equi.subspace",
     ),
     **dict.fromkeys(
-        ["HaarAugmentation", "EquivariantProjection", "EquivarianceMonitor", "build_callbacks", "MODES"],
+        [
+            "HaarAugmentation",
+            "EquivariantProjection",
+            "EquivarianceMonitor",
+            "build_callbacks",
+            "MODES",
+            "TAGS",
+        ],
         "lightning_equi.callbacks",
     ),
-    "EquivarianceError": "lightning_equi.metrics",
+    **dict.fromkeys(
+        [
+            "EquivarianceError",
+            "equivariance_error",
+            "relative_errors",
+            "transformed_outputs",
+            "model_equivariance_error",
+            "probe_elements",
+        ],
+        "lightning_equi.metrics",
+    ),
+    **dict.fromkeys(["assert_equivariant", "TOLERANCES"], "lightning_equi.testing"),
 }
 
 __all__ = sorted(_LAZY)

@@ -1,13 +1,11 @@
-"""Shared test setup: every test starts from the same global RNG state and default dtype."""
+"""Shared test setup (the seed and dtype of every test are set by the repository's conftest.py)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
 
 import pytest
-import torch
 
 # The optional dependencies that some test modules skip without. `./run tests` (and so CI) installs
 # all of them and sets LIGHTNING_EQUI_TESTS_STRICT=1: there a missing one is an install error, not a skip.
@@ -23,18 +21,6 @@ def pytest_configure(config: pytest.Config) -> None:
             f"LIGHTNING_EQUI_TESTS_STRICT=1 but {missing} cannot be imported: the tests that need them "
             "would be skipped. Reinstall with `rm -rf .venv && ./run setup`, or unset the variable."
         )
-
-
-@pytest.fixture(autouse=True)
-def _seed_and_dtype() -> Iterator[None]:
-    """Seed torch's global RNG, use one thread, and restore what a test may have changed."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.manual_seed(0)
-    # Tiny test models run fastest on one thread, and a loaded 2-core machine oversubscribes otherwise.
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

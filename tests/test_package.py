@@ -107,3 +107,46 @@ def test_doctests_exist() -> None:
         len(t.examples) for m in _group_modules() for t in finder.find(importlib.import_module(m))
     )
     assert attempted >= 15
+
+
+# ---- the public name lists stay in step -------------------------------------------------------------
+
+_SUBPACKAGES = ["groups", "actions", "subspace", "callbacks", "testing", "adapters", "experiments"]
+# subpackages whose every public name is also a name of the top-level package
+_MIRRORED = ["groups", "actions", "callbacks", "metrics"]
+
+
+def _declared() -> dict[str, set[str]]:
+    """Module name -> its ``__all__``, for every module of the package."""
+    return {name: set(getattr(importlib.import_module(name), "__all__", ())) for name in _all_modules()}
+
+
+def test_every_module_defines_what_its_all_lists() -> None:
+    for name, public in _declared().items():
+        module = importlib.import_module(name)
+        assert not (missing := sorted(n for n in public if not hasattr(module, n))), (name, missing)
+
+
+def test_subpackages_export_only_names_their_modules_declare() -> None:
+    declared = _declared()
+    everything = set().union(*declared.values())
+    for package in _SUBPACKAGES:
+        name = f"lightning_equi.{package}"
+        own = set().union(*(v for k, v in declared.items() if k.startswith(name + ".")))
+        exported = declared[name]
+        # a subpackage re-exports its own modules' names, or (callbacks) names of another core module
+        assert exported <= everything, (name, sorted(exported - everything))
+        assert not (foreign := sorted(exported - own)) or package == "callbacks", (name, foreign)
+        for public in exported:  # lazy tables resolve too
+            assert getattr(importlib.import_module(name), public) is not None, (name, public)
+
+
+def test_the_top_level_lazy_table_points_where_each_name_is_declared() -> None:
+    table = lightning_equi._LAZY
+    assert lightning_equi.__all__ == sorted(table)
+    for public, module in table.items():
+        assert public in getattr(importlib.import_module(module), "__all__", ()), (public, module)
+        assert getattr(lightning_equi, public) is getattr(importlib.import_module(module), public), public
+    for package in _MIRRORED:
+        names = set(importlib.import_module(f"lightning_equi.{package}").__all__)
+        assert not (missing := sorted(names - set(table))), (package, missing)
