@@ -57,15 +57,15 @@ class EquivariantProjection(Callback):
       evaluated with running statistics. The layers get their own forward back when the fit ends.
 
     Args:
-        spec: the :class:`~lightning_equi.subspace.spec.SymmetrySpec` of the model, or a ready
-            :class:`~lightning_equi.subspace.spec.ModelProjection` bound to the model or one of its
+        spec: the :class:`~lightning_equi.subspace.SymmetrySpec` of the model, or a ready
+            :class:`~lightning_equi.subspace.ModelProjection` bound to the model or one of its
             submodules (as returned by ``adapters.to_dense``); ``None`` uses the model's
             ``symmetry_spec()`` method.
         reproject_weights: ``"auto"`` re-projects the weights after a step unless every optimizer is
-            plain SGD (momentum and Nesterov allowed, no weight decay), every projector is a
-            permutation one and clipping is not by value (then the projected gradient keeps the
-            weights in E bit for bit); ``True`` always; ``False`` never (running statistics are
-            projected in every case).
+            plain SGD (momentum and Nesterov allowed, no weight decay), every projector says it is
+            ``orbit_constant`` and clipping is not by value (then the projected gradient keeps the
+            weights in E bit for bit); the rule is :meth:`needs_reprojection`. ``True`` always;
+            ``False`` never (running statistics are projected in every case).
         check_atol: the largest distance to E, per parameter, accepted by the check at fit start.
         pool_batch_stats: pool BatchNorm batch statistics over each field (see above); ``False``
             keeps each layer's per-channel statistics.
@@ -121,7 +121,7 @@ class EquivariantProjection(Callback):
 
     @property
     def projection(self) -> ModelProjection | None:
-        """The bound :class:`~lightning_equi.subspace.spec.ModelProjection` (set at fit start)."""
+        """The bound :class:`~lightning_equi.subspace.ModelProjection` (set at fit start)."""
         return self._projection
 
     def resolve(self, pl_module: LightningModule) -> ModelProjection:
@@ -158,7 +158,7 @@ class EquivariantProjection(Callback):
         self._initialized, self._restored = True, False
         self._check_in_subspace(projection)
         if self.reproject_weights == "auto":
-            self._reproject = self._needs_reprojection(trainer, projection)
+            self._reproject = self.needs_reprojection(trainer, projection)
             if self.verbose:
                 rank_zero_info(
                     f"EquivariantProjection: re-project weights after each step: {self._reproject}"
@@ -215,8 +215,10 @@ class EquivariantProjection(Callback):
             "check the fields declared for these layers."
         )
 
-    @staticmethod
-    def _needs_reprojection(trainer: Trainer, projection: ModelProjection) -> bool:
+    def needs_reprojection(self, trainer: Trainer, projection: ModelProjection) -> bool:
+        """The rule of ``reproject_weights="auto"`` (override to change it): re-project the weights after
+        each step unless plain SGD without weight decay or value clipping updates tensors whose
+        projectors are ``orbit_constant`` (then the projected gradient keeps them in E bit for bit)."""
         if trainer.gradient_clip_val and trainer.gradient_clip_algorithm == "value":
             return True
         # a projector whose output is bitwise constant on orbits is kept so by elementwise optimizers

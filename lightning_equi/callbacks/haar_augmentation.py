@@ -119,8 +119,13 @@ class HaarAugmentation(Callback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        new = self.transform(batch)
-        _write_back(batch, new)
+        if self.should_augment(trainer, batch_idx):
+            _write_back(batch, self.transform(batch))
+
+    def should_augment(self, trainer: Trainer, batch_idx: int) -> bool:
+        """Whether to transform this training batch; always, by default (override, e.g., to augment only
+        after a warm-up or on some epochs: the generator then draws only for the batches augmented)."""
+        return True
 
     def transform(self, batch: Any) -> Any:
         """The augmented batch (a new object; the callback writes it back into ``batch``):
