@@ -211,7 +211,9 @@ class ModelProjection:
             norms = {e.name: e.tensor.detach().double().norm() for e in self.parameters}
             layer_norms = D.layer_distances(norms, owners)
             for layer, value in D.layer_distances(dist, owners).items():
-                out[f"rel_dist_to_E/{layer}"] = value / layer_norms[layer] if layer_norms[layer] > 0 else value
+                out[f"rel_dist_to_E/{layer}"] = (
+                    value / layer_norms[layer] if layer_norms[layer] > 0 else value
+                )
         out["rel_dist_to_E/total"] = self.relative_total_distance()
         return out
 

@@ -119,6 +119,7 @@ def assert_equivariant(
         raise AssertionError(
             f"not equivariant under {group.name}: relative error {float(masked[worst]):.3g} at element "
             f"{element} (tolerance {tolerance:g} for {fx.dtype}; {failing} of {per_element.numel()} elements "
-            f"fail, sample {worst % batch}). Check act_in={act_in!r} and act_out={act_out!r} against the model."
+            f"fail, sample {worst % batch}). Check act_in={act_in!r} and act_out={act_out!r} against the "
+            "model."
         )
     return {"max": errors[checked].max(), "mean": errors[checked].mean(), "errors": errors}
