@@ -15,7 +15,7 @@ from lightning_equi.actions.base import Action, FiberAction, interpolates
 from lightning_equi.actions.batch import ActionConfig, BatchAction, augment, batch_action, check_augmentation
 from lightning_equi.actions.images import ImageAction
 from lightning_equi.actions.points import PointCloudAction
-from lightning_equi.actions.registry import ACTION_NAMES, make_action
+from lightning_equi.actions.registry import ACTION_NAMES, action_names_for, make_action
 from lightning_equi.actions.sets import GraphAction, SetAction
 
 __all__ = [
@@ -33,4 +33,5 @@ __all__ = [
     "ActionConfig",
     "make_action",
     "ACTION_NAMES",
+    "action_names_for",
 ]

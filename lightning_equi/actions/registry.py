@@ -13,7 +13,7 @@ from lightning_equi.actions.points import PointCloudAction
 from lightning_equi.actions.sets import GraphAction, SetAction
 from lightning_equi.groups import Group, get_group, representation_by_name
 
-__all__ = ["ACTION_NAMES", "make_action"]
+__all__ = ["ACTION_NAMES", "make_action", "action_names_for"]
 
 #: names accepted for ``inputs``/``targets``; ``<kind>:<fields>`` also sets the channel fields
 ACTION_NAMES = {
@@ -60,3 +60,21 @@ def make_action(name: str | Action, group: Group | str) -> Action:
     except ValueError as err:
         raise ValueError(f"action {name!r}: {err}") from err
     return ImageAction(group, fields=rep) if kind == "image" else PointCloudAction(group, features=rep)
+
+
+def action_names_for(group: Group | str) -> list[str]:
+    """The names of :data:`ACTION_NAMES` whose action acts by ``group`` (for messages that name them).
+
+    Example:
+        >>> action_names_for("S4"), action_names_for("D4")
+        (['set', 'graph'], ['image', 'points'])
+    """
+    group = get_group(group)
+    names = []
+    for kind, cls in _KINDS.items():
+        try:
+            cls(group)
+        except (TypeError, ValueError):
+            continue
+        names.append(kind)
+    return names

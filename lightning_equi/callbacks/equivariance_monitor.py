@@ -19,10 +19,17 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_equi.actions import Action, interpolates, make_action
+from lightning_equi.actions import Action, action_names_for, interpolates, make_action
 from lightning_equi.callbacks.layout import TAGS, custom_scalars_layout, trajectory_figure
 from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE
-from lightning_equi.metrics import EquivarianceError, probe_elements, transformed_outputs
+from lightning_equi.metrics import (
+    EquivarianceError,
+    OutputActions,
+    entry_errors,
+    output_action,
+    probe_elements,
+    transformed_outputs,
+)
 from lightning_equi.subspace import ModelProjection, SymmetrySpec, resolve_spec
 
 __all__ = ["EquivarianceMonitor", "TAGS"]
@@ -65,7 +72,10 @@ class EquivarianceMonitor(Callback):
         log_functional_error: measure the functional equivariance error.
         inputs: the action on the model's inputs (an action name such as ``"image"``, or an Action); a
             single action reads entry 0 of a tuple/list batch, or the batch itself.
-        outputs: the action on the model's outputs; ``None`` for invariant outputs.
+        outputs: the action on the model's outputs; ``None`` for invariant outputs. A model whose
+            ``forward`` returns a tuple, list or dict takes one action per entry (``["image", None]``,
+            ``{"node": "set", "graph": None}``; ``None`` for an invariant entry), or one action that acts
+            on the whole structure (``"graph"`` on an ``(adj, features)`` pair).
         spec: the model's :class:`~lightning_equi.subspace.spec.SymmetrySpec` (see above).
         probe_size: the number of probe samples.
         probe_elements: Haar draws per probe sample for infinite or large groups.
@@ -95,6 +105,8 @@ class EquivarianceMonitor(Callback):
         ``equi/functional_error``                   mean ``||f(g x) - g f(x)|| / ||f(x)||``
         ``equi/functional_error_exact``             over elements acting exactly (when both kinds)
         ``equi/functional_error_inexact``           over interpolating elements (when both kinds)
+        ``equi/functional_error/<entry>``           per entry of a structured output (the total is
+                                                    the mean over samples of the worst entry's error)
         ``equi/trajectory`` (TensorBoard image)     distance to E against distance from start
         ==========================================  ==================================================
     """
@@ -105,7 +117,7 @@ class EquivarianceMonitor(Callback):
         probe_batch: Tensor | Callable[[Trainer, LightningModule], Tensor] | None = None,
         log_functional_error: bool = True,
         inputs: str | Action = "image",
-        outputs: str | Action | None = None,
+        outputs: OutputActions = None,
         spec: SymmetrySpec | ModelProjection | None = None,
         probe_size: int = 8,
         probe_elements: int = 4,
@@ -182,9 +194,20 @@ class EquivarianceMonitor(Callback):
         if self.log_functional_error:
             try:
                 self._act_in = make_action(self.inputs, group)
-                self._act_out = None if self.outputs is None else make_action(self.outputs, group)
             except (TypeError, ValueError) as err:
-                raise MisconfigurationException(f"EquivarianceMonitor: {err}") from err
+                raise MisconfigurationException(
+                    f"EquivarianceMonitor(inputs={self.inputs!r}): {err}. Pass inputs= one of "
+                    f"{action_names_for(group)} (the actions by {group.name}) or an Action, or "
+                    "log_functional_error=False to measure only the weights"
+                ) from err
+            try:
+                self._act_out = output_action(self.outputs, group)
+            except (TypeError, ValueError) as err:
+                raise MisconfigurationException(
+                    f"EquivarianceMonitor: {err}. Pass outputs= one of {action_names_for(group)} (the "
+                    f"actions by {group.name}), an Action, None for invariant outputs, or one of these per "
+                    "entry of a structured output"
+                ) from err
         self.metric = self.metric.to(pl_module.device)
 
     @override
@@ -198,6 +221,7 @@ class EquivarianceMonitor(Callback):
                 else self.probe_batch(trainer, pl_module)
             )
             self._set_probe(trainer, probe)
+            self._check_outputs(pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 logger.experiment.add_custom_scalars(custom_scalars_layout())
@@ -218,6 +242,7 @@ class EquivarianceMonitor(Callback):
                     f"EquivarianceMonitor takes its probe from entry 0 of a tuple/list batch, but the batch "
                     f"is a {type(batch).__name__}: pass probe_batch=<inputs tensor or function>"
                 )
+            self._check_outputs(pl_module)
 
     @override
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -316,15 +341,36 @@ class EquivarianceMonitor(Callback):
         device = pl_module.device
         x, g = self._probe["x"].to(device), self._probe["g"].to(device)
         exact = self._probe["exact"].bool().to(device)
-        f_gx, g_fx, fx = transformed_outputs(pl_module, x, g, self._act_in, self._act_out)
-        self.metric.reset()
-        self.metric.update(f_gx, g_fx, fx, exact)
+        try:
+            f_gx, g_fx, fx = transformed_outputs(pl_module, x, g, self._act_in, self._act_out)
+            self.metric.reset()
+            self.metric.update(f_gx, g_fx, fx, exact)
+            entries = {} if isinstance(fx, Tensor) else entry_errors(f_gx, g_fx, fx)
+        except (TypeError, ValueError) as err:
+            # structures the outputs option does not describe: said once, at the first measurement
+            raise MisconfigurationException(f"EquivarianceMonitor (outputs={self.outputs!r}): {err}") from err
         result = self.metric.compute()
         out = {"equi/functional_error": result["total"]}
         if not (math.isnan(float(result["exact"])) or math.isnan(float(result["inexact"]))):
             out["equi/functional_error_exact"] = result["exact"]
             out["equi/functional_error_inexact"] = result["inexact"]
+        for name, errors in entries.items():
+            finite = errors[torch.isfinite(errors)]
+            out[f"equi/functional_error/{name}"] = finite.mean() if finite.numel() else errors.mean()
         return out
+
+    def _check_outputs(self, pl_module: LightningModule) -> None:
+        """Evaluate the probe once with its first elements, so that outputs the ``outputs`` option does
+        not describe (a tuple against one image action, a dict with other keys) fail before the first
+        optimizer step, not at the first measurement."""
+        batch = self._probe["x"].shape[0]
+        device = pl_module.device
+        x, g = self._probe["x"].to(device), self._probe["g"][:batch].to(device)
+        try:
+            f_gx, g_fx, fx = transformed_outputs(pl_module, x, g, self._act_in, self._act_out)
+            entry_errors(f_gx, g_fx, fx)
+        except (TypeError, ValueError) as err:
+            raise MisconfigurationException(f"EquivarianceMonitor (outputs={self.outputs!r}): {err}") from err
 
     def _set_probe(self, trainer: Trainer, x: Any) -> None:
         if not isinstance(x, Tensor):

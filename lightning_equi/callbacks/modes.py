@@ -18,7 +18,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_equi.actions import ActionConfig
+from lightning_equi.actions import ActionConfig, action_names_for, make_action
 from lightning_equi.callbacks.equivariance_monitor import EquivarianceMonitor
 from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
 from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
@@ -61,7 +61,8 @@ def build_callbacks(
         group: the group, by name; ``aug`` needs it unless ``spec`` or ``model.symmetry_spec()`` gives it.
         spec: the model's :class:`~lightning_equi.subspace.spec.SymmetrySpec`; ``None`` uses the model's
             ``symmetry_spec()`` method (``equi`` and the monitor need one or the other).
-        inputs: the action on the inputs (``"image"``, an Action, or ``{batch key: action}``).
+        inputs: the action on the inputs (``"image"``, an Action, or ``{batch key: action}``); checked
+            now against the group when it is known (``group``, ``spec`` or ``model``).
         targets: the action on the targets (``None`` for invariant targets); with ``outputs``
             unset, the monitor uses it for the model's outputs.
         monitor: add an :class:`EquivarianceMonitor`.
@@ -70,7 +71,9 @@ def build_callbacks(
         kwargs: options of the callbacks, by name: ``per_sample``, ``copies``, ``orbit``, ``seed``
             (HaarAugmentation), ``reproject_weights``, ``check_atol`` (EquivariantProjection),
             ``every_n_steps``, ``probe_batch``, ``log_functional_error``, ``probe_size``, ...
-            (EquivarianceMonitor). ``outputs`` sets the monitor's action on the model's outputs.
+            (EquivarianceMonitor). ``outputs`` sets the monitor's action on the model's outputs: one
+            action, or one per entry of a model that returns a tuple, list or dict (``None`` for an
+            invariant entry).
 
     Raises:
         MisconfigurationException: for an unknown mode (listing the valid ones), ``aug`` without an
@@ -100,6 +103,7 @@ def build_callbacks(
         group = spec.group
     if group is None and mode == "aug" and callable(getattr(model, "symmetry_spec", None)):
         group = model.symmetry_spec().group  # the group the model declares
+    _check_inputs(inputs, group if group is not None else _declared_group(model))
     callbacks: list[Callback] = []
     if monitor:
         single = inputs is not None and not isinstance(inputs, Mapping)
@@ -133,3 +137,29 @@ def build_callbacks(
 
 def _name(group: str | Group) -> str:
     return group.name if isinstance(group, Group) else str(group)
+
+
+def _declared_group(model: nn.Module | None) -> Group | None:
+    """The group of ``model.symmetry_spec()``, when the model has one."""
+    method = getattr(model, "symmetry_spec", None)
+    return method().group if callable(method) else None
+
+
+def _check_inputs(inputs: ActionConfig, group: str | Group | None) -> None:
+    """Refuse now, naming ``inputs=``, an input action that does not act by the group (the default
+    ``"image"`` on an S_n model would otherwise fail at fit start, inside the action)."""
+    if group is None or inputs is None:
+        return
+    group = get_group(group)
+    configs = inputs.items() if isinstance(inputs, Mapping) else [(None, inputs)]
+    for key, config in configs:
+        if config is None:
+            continue
+        try:
+            make_action(config, group)
+        except (TypeError, ValueError) as err:
+            where = "inputs" if key is None else f"inputs[{key!r}]"
+            raise MisconfigurationException(
+                f"build_callbacks({where}={config!r}): {err}. Pass {where}= one of "
+                f"{action_names_for(group)} (the actions by {group.name}) or an Action"
+            ) from err
