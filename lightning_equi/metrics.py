@@ -17,10 +17,9 @@ the data introduces.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-
-import copy
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +45,9 @@ __all__ = [
 _NAN_STRATEGIES = ("error", "warn", "ignore")
 
 
-def relative_errors(output_of_transformed: Any, transformed_output: Any, output: Any, eps: float = 1e-12) -> Tensor:
+def relative_errors(
+    output_of_transformed: Any, transformed_output: Any, output: Any, eps: float = 1e-12
+) -> Tensor:
     """Per-sample ``||f(g x) - g f(x)|| / ||f(x)||`` in float64, shape ``(B,)``.
 
     The outputs may be tensors or structures of them (tuples, lists, dicts, nested, as a model with
@@ -77,7 +78,9 @@ def relative_errors(output_of_transformed: Any, transformed_output: Any, output:
     return torch.stack(list(errors.values())).amax(dim=0)
 
 
-def _relative_errors(output_of_transformed: Tensor, transformed_output: Tensor, output: Tensor, eps: float) -> Tensor:
+def _relative_errors(
+    output_of_transformed: Tensor, transformed_output: Tensor, output: Tensor, eps: float
+) -> Tensor:
     if not (isinstance(output_of_transformed, Tensor) and isinstance(transformed_output, Tensor)):
         raise ValueError(
             "Expected f(g x), g f(x) and f(x) to be tensors alike, but got "
@@ -136,7 +139,9 @@ def output_entries(output: Any, prefix: str = "") -> dict[str, Tensor]:
     return out
 
 
-def entry_errors(output_of_transformed: Any, transformed_output: Any, output: Any, eps: float = 1e-12) -> dict[str, Tensor]:
+def entry_errors(
+    output_of_transformed: Any, transformed_output: Any, output: Any, eps: float = 1e-12
+) -> dict[str, Tensor]:
     """Per entry of a (structured) output, the per-sample relative errors of :func:`relative_errors`.
 
     Raises:
@@ -348,7 +353,7 @@ def transform_output(actions: OutputActions, g: Tensor, output: Any) -> Any:
                 f"`outputs` gives {len(actions)} actions, one per entry, but the model returns {got}: "
                 "give every entry of the output an action, None for an invariant one"
             )
-        items = [transform_output(act, g, value) for act, value in zip(actions, output)]
+        items = [transform_output(act, g, value) for act, value in zip(actions, output, strict=True)]
         if isinstance(output, tuple) and hasattr(output, "_fields"):
             return type(output)(*items)
         return type(output)(items)
