@@ -199,14 +199,15 @@ def test_pool_batch_stats_must_be_a_bool():
 
 
 _SYNC_SCRIPT = """
-import os, sys
+import gc, sys, weakref
 import torch, torch.distributed as dist, torch.multiprocessing as mp
 from torch import nn
 from lightning_equi.subspace import SymmetrySpec, pool_batch_statistics
 
 def run(rank, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # rendezvous through a file in the test's own tmp_path: no TCP port to pick, share or race for
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
+    world = weakref.ref(dist.group.WORLD)
     torch.manual_seed(0)
     x = torch.randn(6, 8, 3, 3) * 2 + torch.arange(8.0)[:, None, None]  # the global batch
     mine = x[3 * rank : 3 * rank + 3].clone().requires_grad_(True)
@@ -226,9 +227,13 @@ def run(rank, out):
         torch.allclose(bn.running_var, ref.running_var.repeat_interleave(4), atol=1e-5),
         torch.allclose(mine.grad, xr.grad.reshape(6, 8, 3, 3)[part], atol=1e-4),
     ]
-    with open(f"{out}/rank{rank}.txt", "w") as f:
-        f.write(" ".join(str(v) for v in ok))
     dist.destroy_process_group()
+    # the pooled layer must not keep the process group alive: a group that outlives
+    # destroy_process_group keeps its gloo worker threads running into interpreter shutdown,
+    # where they abort the process
+    gc.collect()
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(" ".join(str(v) for v in ok) + f" released={world() is None}")
 
 if __name__ == "__main__":
     mp.spawn(run, args=(sys.argv[1],), nprocs=2)
@@ -237,26 +242,23 @@ if __name__ == "__main__":
 
 def test_sync_batch_norm_pools_over_the_global_batch(tmp_path):
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:  # a free port for the process group
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
     script = tmp_path / "sync_bn.py"
     script.write_text(_SYNC_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), port],
+        [sys.executable, str(script), str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for rank in (0, 1):  # output, running statistics, input gradient: as one process on the whole batch
-        assert (tmp_path / f"rank{rank}.txt").read_text() == "True True True True"
+    for rank in (0, 1):  # output, running statistics, input gradient: as one process on the whole batch;
+        # and the process group freed by destroy_process_group
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "True True True True released=True"
 
 
 def test_mixed_fields_pool_each_orbit_separately():

@@ -50,6 +50,27 @@ def channel_orbits(projector: Projector) -> Tensor:
     return torch.unique(first, return_inverse=True)[1]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over the ranks of ``group`` (``None``: the default group when called).
+
+    Not ``torch.distributed.nn.functional.all_reduce``: its ``group=group.WORLD`` default is bound when
+    that module is first imported, so importing it after ``init_process_group`` keeps the default process
+    group alive for the rest of the process. ``destroy_process_group`` then cannot free it, and its gloo
+    worker threads are still running when the interpreter exits, where they can abort the process.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group) -> Tensor:
+        ctx.group = group
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+
 class PooledBatchNormForward:
     """The forward of one BatchNorm layer with batch statistics pooled over each orbit of channels.
 
@@ -106,9 +127,7 @@ class PooledBatchNormForward:
         s1, s2 = xs.sum(dims), xs.square().sum(dims)
         count = torch.tensor(float(x.numel() // x.shape[1]), dtype=acc, device=x.device)
         if isinstance(m, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized():
-            from torch.distributed.nn.functional import all_reduce
-
-            stacked = all_reduce(torch.cat([s1, s2, count[None]]))
+            stacked = _AllReduceSum.apply(torch.cat([s1, s2, count[None]]), m.process_group)
             s1, s2, count = stacked[: s1.numel()], stacked[s1.numel() : -1], stacked[-1]
         n = count * self.orbit_size.to(device=x.device, dtype=acc)  # entries pooled per channel
         mean = self._pool(s1) / n
