@@ -225,3 +225,292 @@ def test_inputs_left_at_image_on_a_set_model_names_the_argument(quiet_trainer):
         build_callbacks("aug", group="S4", inputs={"x": "points"})
     with pytest.raises(MisconfigurationException, match=r"outputs\['node'\].*\['set', 'graph'\]"):
         quiet_trainer([EquivarianceMonitor(inputs="set", outputs={"node": "image"})], max_steps=1).fit(model)
+
+
+# ---- the architectures: one helper trains each in equi ---------------------------------------------
+
+
+def _train_equi(quiet_trainer, net, spec, x, inputs, outputs=None, steps=3) -> EquivarianceMonitor:
+    """Project and train ``net`` for a few Adam steps in mode equi; return the monitor (it moved)."""
+    model = _Wrap(net, spec, x, lambda out: (out - 1).square().mean())
+    callbacks = build_callbacks("equi", inputs=inputs, outputs=outputs, every_n_steps=1, probe_size=4)
+    quiet_trainer(callbacks, max_steps=steps).fit(model)
+    monitor = callbacks[0]
+    assert monitor.history[-1]["equi/dist_from_start/total"] > 1e-3  # training moved the weights
+    assert monitor.history[-1]["equi/functional_error"] < 1e-4
+    return monitor
+
+
+def _d4_images(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 images of the dihedral group of the square, by rot90 and flip (no library code)."""
+    turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    return turns + [torch.flip(t, (-1,)) for t in turns]
+
+
+def _c4_images(x: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+
+
+def _invariance_error(net: nn.Module, x: torch.Tensor, images=_d4_images) -> float:
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        fx = net(x)
+        error = max(_relative(net(gx), fx) for gx in images(x))
+    net.train(was_training)
+    return error
+
+
+def _map_equivariance_error(net: nn.Module, x: torch.Tensor) -> float:
+    """For a map of scalar images to scalar images: ``f(g x)`` against ``g f(x)``, g in D4."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        fx = net(x)
+        error = max(_relative(net(gx), gfx) for gx, gfx in zip(_d4_images(x), _d4_images(fx), strict=True))
+    net.train(was_training)
+    return error
+
+
+# ---- 3. a depthwise-separable block with GroupNorm (MobileNet/ConvNeXt style) -----------------------
+
+
+class DepthwiseSeparable(nn.Module):
+    """stem, depthwise 3x3 (groups = channels), GroupNorm, pointwise 1x1, grouped 3x3, pool, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.gn = nn.GroupNorm(2, 8)
+        self.pw = nn.Conv2d(8, 16, 1)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = torch.relu(self.pw(self.gn(self.dw(h))))
+        h = torch.relu(self.grouped(h))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def _dw_spec(net: DepthwiseSeparable, group: str = "C4") -> SymmetrySpec:
+    return (
+        SymmetrySpec(group)
+        .layers(nn.Conv2d, fields="regular")  # depthwise and grouped convolutions included
+        .layer(net.stem, "trivial", "regular")
+        .layer(net.head, "regular", "trivial")
+    )
+
+
+def test_depthwise_separable_block_is_equivariant_after_projection_and_training(quiet_trainer):
+    torch.manual_seed(0)
+    net = DepthwiseSeparable()
+    x = torch.randn(8, 1, 7, 7)
+    assert _invariance_error(net, x, _c4_images) > 1e-2  # negative control: the plain init
+    _train_equi(quiet_trainer, net, _dw_spec(net), x, "image")
+    assert _invariance_error(net, x, _c4_images) < 1e-5
+
+
+def test_depthwise_convolution_left_free_is_not_equivariant():
+    """Negative control for the refusal's old hint: freeing the depthwise layer breaks equivariance."""
+    torch.manual_seed(0)
+    net = DepthwiseSeparable()
+    x = torch.randn(4, 1, 7, 7)
+    _dw_spec(net).bind(net).project_parameters_()
+    assert _invariance_error(net, x, _c4_images) < 1e-5
+    net = DepthwiseSeparable()
+    _dw_spec(net).free(net.dw).norm(net.gn, "regular").bind(net).project_parameters_()
+    assert _invariance_error(net, x, _c4_images) > 1e-3
+
+
+def test_grouped_convolutions_refuse_fields_that_do_not_fit_and_never_suggest_free():
+    spec = SymmetrySpec("C4")
+    crossing = nn.Conv2d(8, 8, 3, groups=4)  # 2 channels per group, regular fields have 4
+    with pytest.raises(ValueError, match=r"groups=4\).*cross the boundaries.*spec.parameter") as info:
+        spec.layer(crossing, "regular", "regular").bind(crossing)
+    assert "free" not in str(info.value)
+    depthwise = nn.Conv2d(4, 4, 3, groups=4)
+    with pytest.raises(ValueError, match=r"depthwise convolution filters each channel alone.*permutation"):
+        SymmetrySpec("C4").layer(depthwise, ["standard", "standard"], ["standard", "standard"]).bind(
+            depthwise
+        )
+    differing = nn.Conv2d(8, 8, 1, groups=2)  # group 0 reads a regular field, group 1 four scalars
+    with pytest.raises(ValueError, match=r"its in_fields differ between groups"):
+        SymmetrySpec("C4").layer(differing, ["regular"] + ["trivial"] * 4, "regular").bind(differing)
+    unmoved = nn.Conv2d(4, 4, 3, groups=4)  # scalars in, a regular field out: kernels cannot follow
+    with pytest.raises(ValueError, match=r"does not map the depthwise weight to a depthwise weight"):
+        SymmetrySpec("C4").layer(unmoved, "trivial", "regular").bind(unmoved)
+    multiplied = nn.Conv2d(8, 16, 3, groups=8)  # two outputs per channel, laid out field after field
+    with pytest.raises(ValueError, match=r"channel multiplier \(2 outputs per channel\).*pointwise 1x1"):
+        SymmetrySpec("C4").layer(multiplied, "regular", "regular").bind(multiplied)
+
+
+def test_a_grouped_convolution_against_its_dense_equivalent():
+    """The projected grouped weight, written out block-diagonally, is a fixed point of the dense
+    layer's action (hand-built: rot90 of the kernel, cyclic shift of each regular field)."""
+    torch.manual_seed(0)
+    for conv in (nn.Conv2d(8, 16, 3, groups=2), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 3, groups=2)):
+        SymmetrySpec("C4").layer(conv, "regular", "regular").bind(conv).project_parameters_()
+        dense = torch.zeros(conv.out_channels, conv.in_channels, 3, 3)
+        o, i = conv.out_channels // conv.groups, conv.in_channels // conv.groups
+        for k in range(conv.groups):
+            dense[k * o : (k + 1) * o, k * i : (k + 1) * i] = conv.weight.detach()[k * o : (k + 1) * o]
+
+        def shift(t: torch.Tensor, axis: int) -> torch.Tensor:  # one step of every regular field
+            n = t.shape[axis] // 4
+            return torch.roll(t.unflatten(axis, (n, 4)), 1, dims=axis + 1).flatten(axis, axis + 1)
+
+        moved = torch.rot90(shift(shift(dense, 0), 1), 1, dims=(-2, -1))
+        assert torch.allclose(moved, dense, atol=1e-6), conv
+
+
+# ---- 4. a norm layer after a layer declared by parameter() or left free ----------------------------
+
+
+def test_norm_after_a_parameter_layer_says_so_and_names_spec_norm():
+    from lightning_equi.groups import get_group, regular
+    from lightning_equi.subspace import TensorAction
+
+    C4 = get_group("C4")
+    net = nn.Sequential(nn.Linear(4, 4, bias=False), nn.LayerNorm(4))
+    spec = SymmetrySpec(C4).parameter("0.weight", TensorAction((4, 4), [(regular(C4), 1), (regular(C4), 1)]))
+    with pytest.raises(
+        ValueError, match=r"preceding layer '0' is declared by spec.parameter.*spec.norm\('1'"
+    ) as info:
+        spec.bind(net)
+    assert "free" not in str(info.value)
+    assert spec.norm("1", "regular").bind(net).dim > 0
+
+
+# ---- the other architectures of the issue (already declarable; kept as acceptance tests) -----------
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + (x if self.down is None else self.down(x)))
+
+
+class ResNetStyle(nn.Module):
+    """A ResNet-18 in miniature: stem, a block per stage (two stride-2 stages), pooling, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.layers = nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 16, 2), BasicBlock(16, 16, 2))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.fc(self.layers(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_resnet_style_network(quiet_trainer):
+    torch.manual_seed(0)
+    net = ResNetStyle()
+    x = torch.randn(8, 3, 9, 9)  # side 9: 9 -> 5 -> 3, windows of stride 2 commute with D4 (8 = 2^3)
+    assert _invariance_error(net, x) > 1e-2
+    spec = (
+        SymmetrySpec("D4")
+        .layers(nn.Conv2d, fields="regular")
+        .layer(net.stem[0], "trivial", "regular")
+        .layer(net.fc, "regular", "trivial")
+    )
+    _train_equi(quiet_trainer, net, spec, x, "image")
+    assert _invariance_error(net, x) < 1e-5
+
+
+class UNet(nn.Module):
+    """Encoder, a strided down-sampling, a transposed-convolution up-sampling, skip concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(1, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1)
+        self.dec = nn.Conv2d(16, 8, 3, padding=1)
+        self.out = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        skip = torch.relu(self.enc(x))
+        h = torch.relu(self.up(torch.relu(self.down(skip))))
+        return self.out(torch.relu(self.dec(torch.cat([h, skip], dim=1))))
+
+
+def test_d4_unet_with_transposed_convolutions_and_skips(quiet_trainer):
+    torch.manual_seed(0)
+    net = UNet()
+    x = torch.randn(8, 1, 9, 9)
+    assert _map_equivariance_error(net, x) > 1e-2
+    spec = (
+        SymmetrySpec("D4")
+        .layers((nn.Conv2d, nn.ConvTranspose2d), fields="regular")
+        .layer(net.enc, "trivial", "regular")
+        .layer(net.out, "regular", "trivial")
+    )
+    _train_equi(quiet_trainer, net, spec, x, "image", outputs="image")
+    assert _map_equivariance_error(net, x) < 1e-5
+
+
+class DeepSets(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.phi = nn.Sequential(nn.Linear(D, 8), nn.ReLU(), nn.Linear(8, 8))
+        self.rho = nn.Linear(8, 2)
+
+    def forward(self, x):  # (B, n, d) -> (B, 2)
+        return self.rho(torch.relu(self.phi(x).sum(dim=1)))
+
+
+def test_deepsets(quiet_trainer):
+    torch.manual_seed(0)
+    net = DeepSets()
+    x = torch.randn(8, N, D)
+    # per-element layers read and write invariant features: S_n acts only on the set axis
+    spec = SymmetrySpec(f"S{N}").layers(nn.Linear, fields="trivial")
+    _train_equi(quiet_trainer, net, spec, x, "set")
+    with torch.no_grad():
+        fx = net(x)
+        assert max(_relative(net(x[:, list(p)]), fx) for p in itertools.permutations(range(N))) < 1e-5
+        # negative control: the reference sees a pooling that is not symmetric
+        weighted = lambda t: net.rho(torch.relu((net.phi(t) * torch.arange(1.0, N + 1)[:, None]).sum(1)))  # noqa: E731
+        assert (
+            max(_relative(weighted(x[:, list(p)]), weighted(x)) for p in itertools.permutations(range(N)))
+            > 1e-2
+        )
+
+
+class FlatCNN(nn.Module):
+    """Circular convolutions, then the flattened map ``(C, H, W)`` into ``nn.Linear`` (torus translations)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular")
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_cnn_with_a_flattened_map_into_linear(quiet_trainer):
+    torch.manual_seed(0)
+    net = FlatCNN()
+    x = torch.randn(8, 1, 6, 6)
+    rolls = lambda t: [torch.roll(t, (a, b), dims=(-2, -1)) for a in range(6) for b in range(6)]  # noqa: E731
+    assert _invariance_error(net, x, rolls) > 1e-2
+    # the convolution already commutes with translations; the dense layer reads 4 regular fields
+    spec = SymmetrySpec("T6x6").free(net.conv).layer(net.fc, "regular", "trivial")
+    _train_equi(quiet_trainer, net, spec, x, "image")
+    assert _invariance_error(net, x, rolls) < 1e-5

@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_equi.groups import FiniteGroup, Group, Representation, grid_representation, trivial
+from lightning_equi.groups import (
+    FiniteGroup,
+    Group,
+    Representation,
+    direct_sum,
+    grid_representation,
+    trivial,
+)
 from lightning_equi.subspace.base import TensorAction
 from lightning_equi.subspace.orbit import orbit_ids
 
@@ -27,6 +34,7 @@ __all__ = [
     "layer_channels",
     "line_representation",
     "kernel_factors",
+    "grouped_channel_factors",
     "layer_actions",
     "norm_actions",
     "describe_layer",
@@ -138,8 +146,10 @@ def layer_actions(
     ``rho_in`` and ``rho_out`` are the fields the layer reads and writes; a convolution's kernel axes
     get :func:`kernel_factors`, and a transposed convolution's weight is laid out ``(in, out, ...)``.
 
+    A grouped convolution (``groups > 1``) gets :func:`grouped_channel_factors`.
+
     Raises:
-        ValueError: for a grouped convolution, or a kernel the group does not act on.
+        ValueError: for fields a grouped convolution cannot carry, or a kernel the group does not act on.
 
     Example:
         >>> from lightning_equi.groups import get_group, regular
@@ -153,17 +163,123 @@ def layer_actions(
     if isinstance(module, nn.Linear):
         actions["weight"] = TensorAction(module.weight.shape, [(rho_out, 1), (rho_in, 1)])
     else:
-        if module.groups != 1:
-            raise ValueError(
-                f"{where}: grouped convolutions (groups={module.groups}) are not supported; "
-                "declare their weights with spec.parameter(...) or leave the layer free"
-            )
         kernel = kernel_factors(group, tuple(module.kernel_size), where)
-        channels = [(rho_in, 1), (rho_out, 1)] if isinstance(module, CONV_T) else [(rho_out, 1), (rho_in, 1)]
+        if module.groups != 1:
+            channels = grouped_channel_factors(module, rho_in, rho_out, where)
+        elif isinstance(module, CONV_T):
+            channels = [(rho_in, 1), (rho_out, 1)]
+        else:
+            channels = [(rho_out, 1), (rho_in, 1)]
         actions["weight"] = TensorAction(module.weight.shape, channels + kernel)
     if module.bias is not None:
         actions["bias"] = TensorAction(module.bias.shape, [(rho_out, 1)])
     return actions
+
+
+def _split_fields(rho: Representation, groups: int) -> list[list[Representation]] | None:
+    """The fields of ``rho`` in ``groups`` consecutive chunks of equal dimension, or ``None`` when a
+    field crosses a boundary between chunks."""
+    size, chunks, current, filled = rho.dim // groups, [], [], 0
+    for field in rho.summands:
+        current.append(field)
+        filled += field.dim
+        if filled > size:
+            return None
+        if filled == size:
+            chunks.append(current)
+            current, filled = [], 0
+    return chunks
+
+
+def grouped_channel_factors(
+    module: nn.Module, rho_in: Representation, rho_out: Representation, where: str
+) -> list[tuple[Representation, int]]:
+    """The factors on the two channel axes of a grouped convolution's weight (``groups > 1``).
+
+    The weight of ``Conv2d(c_in, c_out, k, groups=G)`` is ``(c_out, c_in / G, k, k)``: output group ``j``
+    reads only input group ``j``. Two layouts of fields keep the block structure equivariant:
+
+    * every group of channels carries whole fields and the input fields are the same in every group
+      (``in_fields="regular"`` with whole regular fields per group): the weight is acted on by the
+      output fields and one group's input fields;
+    * a depthwise convolution (``c_in / G == 1``, MobileNet/ConvNeXt style) on permutation fields that
+      the group moves group by group (``"regular"`` fields, each channel filtered by its own kernel):
+      the group permutes the kernels along with their channels, and the single input channel of a
+      group is acted on trivially.
+
+    A transposed convolution is the same with the roles of input and output exchanged (its weight is
+    ``(c_in, c_out / G, ...)``).
+
+    Raises:
+        ValueError: naming the layer, for fields that cross the groups of channels, differ between
+            groups, or (depthwise) are not moved group by group.
+
+    Example:
+        >>> from lightning_equi.groups import get_group, regular, trivial
+        >>> C4 = get_group("C4")
+        >>> depthwise = nn.Conv2d(8, 8, 3, groups=8)
+        >>> [r.name for r, _ in grouped_channel_factors(depthwise, 2 * regular(C4), 2 * regular(C4), "dw")]
+        ['regular+regular', 'trivial']
+        >>> grouped = nn.Conv2d(8, 16, 3, groups=2)  # one regular field in, two out, per group
+        >>> [r.name for r, _ in grouped_channel_factors(grouped, 2 * regular(C4), 4 * regular(C4), "g")]
+        ['regular+regular+regular+regular', 'regular']
+    """
+    groups, group = module.groups, rho_in.group
+    transposed = isinstance(module, CONV_T)
+    full, local = (rho_in, rho_out) if transposed else (rho_out, rho_in)
+    full_side, local_side = ("in", "out") if transposed else ("out", "in")
+    full_chunks, local_chunks = _split_fields(full, groups), _split_fields(local, groups)
+    if full_chunks is not None and local_chunks is not None:
+        names = {tuple(f.name for f in chunk) for chunk in local_chunks}
+        if len(names) == 1:
+            first = local_chunks[0]
+            return [(full, 1), (first[0] if len(first) == 1 else direct_sum(first), 1)]
+    fix = (
+        f"Declare fields that fit: whole fields in every group of channels, the same {local_side}_fields in "
+        f"each (e.g. a field type whose dimension divides the {local.dim // groups} {local_side}put channels "
+        "of a group), or, for a depthwise convolution (one channel per group), permutation fields such as "
+        "'regular' on both sides; else declare the weight with spec.parameter(name, TensorAction(...))"
+    )
+    head = (
+        f"{where}: a grouped convolution (groups={groups}) maps each group of {rho_in.dim // groups} input "
+        f"channels to its own {rho_out.dim // groups} output channels"
+    )
+    if local.dim != groups:
+        crossing = [
+            f"{side}_fields"
+            for side, chunks in sorted([(full_side, full_chunks), (local_side, local_chunks)])
+            if chunks is None
+        ]
+        reason = (
+            f"its {' and '.join(crossing)} cross the boundaries between groups"
+            if crossing
+            else f"its {local_side}_fields differ between groups"
+        )
+        raise ValueError(f"{head}, but {reason}. {fix}")
+    if not (full.is_permutation and local.is_permutation and isinstance(group, FiniteGroup)):
+        raise ValueError(
+            f"{head}: a depthwise convolution filters each channel alone, which commutes with {group.name} "
+            f"only on permutation fields, but the fields are {rho_in.name} -> {rho_out.name}. {fix}"
+        )
+    elements = group.elements()
+    per = full.dim // groups
+    # (rho v)[j] = v[src[j]]: the block of outputs j must come from the block of the input it reads
+    if not torch.equal(
+        full.permutation(elements) // per, local.permutation(elements).repeat_interleave(per, 1)
+    ):
+        multiplier = (
+            f" A channel multiplier ({per} {full_side}puts per channel) would need those {per} channels to "
+            "move together, which fields laid out field after field do not: keep in_channels == "
+            "out_channels == groups and widen with a pointwise 1x1 convolution."
+            if per > 1
+            else ""
+        )
+        raise ValueError(
+            f"{head}: {group.name} moves the {full_side}put channels and the {local_side}put channels of the "
+            f"groups differently under the fields {rho_in.name} -> {rho_out.name}, so it does not map the "
+            f"depthwise weight to a depthwise weight.{multiplier} {fix}"
+        )
+    return [(full, 1), (trivial(group), 1)]
 
 
 def norm_actions(module: nn.Module, rho: Representation, where: str) -> dict[str, TensorAction]:
@@ -185,8 +301,9 @@ def norm_actions(module: nn.Module, rho: Representation, where: str) -> dict[str
         raise ValueError(
             f"{where}: {type(module).__name__} normalises each channel by its own statistics, which commutes "
             f"with {rho.group.name} only when it permutes channels, but the fields {rho.name} are not a "
-            "permutation representation. Use a norm-based nonlinearity/normalisation (e.g. escnn's "
-            "IIDBatchNorm), or leave the layer free"
+            "permutation representation (and left free, its per-channel scales would break equivariance "
+            "too). Use permutation fields (e.g. 'regular') before it, or a norm-based normalisation "
+            "(e.g. escnn's IIDBatchNorm)"
         )
     if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
         raise ValueError(

@@ -31,7 +31,7 @@ receive no gradient but are re-projected with the weights).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -344,6 +344,7 @@ class _Binder:
         entries: list[ProjectedTensor] = []
         missing: list[str] = []
         previous: tuple[Representation, str] | None = None  # fields written by the last declared layer
+        undeclared: tuple[str, str] | None = None  # the last layer without fields, and how it is covered
         for layer, module in self.model.named_modules():
             own = [(n, t, False) for n, t in module.named_parameters(recurse=False)]
             own += [(n, t, True) for n, t in module.named_buffers(recurse=False) if t.is_floating_point()]
@@ -360,7 +361,7 @@ class _Binder:
                 actions = layer_actions(module, rho_in, rho_out, where) if wanted else {}
                 previous = (rho_out, layer)
             elif isinstance(module, NORMS) and wanted:
-                rho = self._norm_fields(module, layer, decl, previous, where)
+                rho = self._norm_fields(module, layer, decl, previous, where, undeclared)
                 actions = norm_actions(module, rho, where) if rho is not None else {}
             elif decl is not None and layer in declared:
                 raise ValueError(
@@ -368,10 +369,12 @@ class _Binder:
                     "from fields; "
                     f"supported layers are Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and BatchNorm, "
                     "InstanceNorm, GroupNorm, LayerNorm. Declare its parameters with spec.parameter(name, "
-                    "TensorAction(...)), or leave it free"
+                    "TensorAction(...)); spec.free(...) would keep the network equivariant only if the "
+                    "layer reads and writes invariant (trivial) features alone"
                 )
             elif isinstance(module, LAYERS):
                 previous = None  # an undeclared layer breaks the chain of fields
+                undeclared = (layer, _how_covered(qualified.values(), free, spec._parameters))
             for n, tensor, is_buffer in own:
                 q = qualified[n]
                 if q in free:
@@ -420,6 +423,7 @@ class _Binder:
         decl: _Declaration | None,
         previous: tuple[Representation, str] | None,
         where: str,
+        undeclared: tuple[str, str] | None = None,
     ) -> Representation | None:
         channels = layer_channels(module)[0]
         if decl is not None:
@@ -431,14 +435,19 @@ class _Binder:
             return self.spec.fields(decl.in_fields, channels, f"{where} fields")
         if previous is not None and previous[0].dim == channels:
             return previous[0]
-        after = (
-            f"the preceding layer {previous[1]!r} writes {previous[0].dim} channels"
-            if previous
-            else ("no declared layer precedes it")
-        )
+        if previous:
+            after = f"the preceding layer {previous[1]!r} writes {previous[0].dim} channels"
+        elif undeclared:
+            after = (
+                f"the preceding layer {undeclared[0]!r} is {undeclared[1]}, which gives no fields for its "
+                "output"
+            )
+        else:
+            after = "no layer with declared fields precedes it"
+        # no "leave it free": a free norm layer rescales channels that the group permutes
         raise ValueError(
             f"{where}: cannot infer the fields it normalises ({after}); declare them with "
-            f"spec.norm({layer!r}, fields=...), or leave it free"
+            f"spec.norm({layer!r}, fields=...)"
         )
 
     def _missing_message(self, missing: list[str]) -> str:
@@ -457,6 +466,16 @@ class _Binder:
             "all layers of a type with spec.layers(nn.Linear, fields=...), or leave parameters unconstrained "
             f"with spec.free({example!r})"
         )
+
+
+def _how_covered(names: Iterable[str], free: set[str], parameters: dict[str, object]) -> str:
+    """How the parameters of a layer without declared fields are covered, for messages."""
+    names = list(names)
+    if names and all(n in free for n in names):
+        return "left free"
+    if any(n in parameters for n in names):
+        return "declared by spec.parameter(...)"
+    return "not declared"
 
 
 def _layer_names(model: nn.Module, limit: int = 12) -> str:
