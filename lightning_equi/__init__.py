@@ -17,6 +17,12 @@ from typing import Any
 
 __version__ = "0.1.0.dev0"
 
+# escnn's numerics fix (scikit-learn >= 1.6 rejects escnn's np.matrix): armed here, so escnn models
+# build whether escnn is imported before or after lightning_equi; it never imports escnn itself
+from lightning_equi._escnn_numerics import install as _install_escnn_numerics  # noqa: E402
+
+_install_escnn_numerics()
+
 # public name -> submodule that defines it
 _LAZY = {
     **dict.fromkeys(

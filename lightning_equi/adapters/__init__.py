@@ -40,7 +40,7 @@ _LAZY = {
         "lightning_equi.adapters.dense_layers",
     ),
     **dict.fromkeys(
-        ["to_dense", "to_escnn", "escnn_spec", "EQUIVARIANT_BY_CONSTRUCTION"],
+        ["to_dense", "to_escnn", "escnn_spec", "EscnnModelProjection", "kept_escnn_modules"],
         "lightning_equi.adapters.escnn_convert",
     ),
     **dict.fromkeys(

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from typing import Any
 
@@ -121,6 +122,15 @@ def _check_subspace(subspace: str, kind: str, gspace: Any, where: str) -> str:
     return subspace
 
 
+def _escnn_class(cls: type, default: type) -> type:
+    """The class ``to_escnn`` rebuilds: the nearest escnn class of ``cls``'s MRO (``R3IcoConv`` stays
+    itself, a user subclass of ``R2Conv`` becomes ``R2Conv``, whose constructor is known)."""
+    for c in cls.__mro__:
+        if c.__module__.split(".")[0] == "escnn" and issubclass(c, default):
+            return c
+    return default
+
+
 class _DenseLayer(enn.EquivariantModule):
     """Common part of the dense layers: field types, the subspace, the basis recipe, projectors."""
 
@@ -206,6 +216,9 @@ class _DenseRdConv(_DenseLayer):
         self.kernel_size, self.stride, self.dilation = int(conv.kernel_size), conv.stride, conv.dilation
         self.padding, self.padding_mode = conv.padding, conv.padding_mode
         self._reversed_padding_repeated_twice = conv._reversed_padding_repeated_twice
+        self.escnn_class = _escnn_class(type(conv), self._escnn_cls)
+        # R3IcoConv samples its basis on the icosahedron, vertices or faces: to_escnn must too
+        self.escnn_options = {"samples": conv._samples} if hasattr(conv, "_samples") else {}
         self._init_common(conv, subspace)
 
     def _weight_shape(self) -> tuple[int, ...]:
@@ -258,22 +271,28 @@ class _DenseRdConv(_DenseLayer):
         recipe = self.basis_recipe
         kept = set(recipe["kept"])
         mf = float(recipe["maximum_frequency"])
+        cls = getattr(self, "escnn_class", self._escnn_cls)
+        options = dict(
+            padding=self.padding,
+            stride=self.stride,
+            dilation=self.dilation,
+            padding_mode=self.padding_mode,
+            bias=self.bias is not None,
+            sigma=list(recipe["sigma"]),
+            rings=list(recipe["rings"]),
+            frequencies_cutoff=lambda r: mf,  # the recorded elements decide; this only fixes the band
+            basis_filter=lambda attr: _signature(attr) in kept,
+            recompute=True,  # a basis of its own: escnn shares cached bases between models
+            initialize=False,
+            **getattr(self, "escnn_options", {}),
+        )
+        accepted = inspect.signature(cls.__init__).parameters
         with keep_numpy_rng():
-            return self._escnn_cls(
+            return cls(
                 self.in_type,
                 self.out_type,
                 self.kernel_size,
-                padding=self.padding,
-                stride=self.stride,
-                dilation=self.dilation,
-                padding_mode=self.padding_mode,
-                bias=self.bias is not None,
-                sigma=list(recipe["sigma"]),
-                rings=list(recipe["rings"]),
-                frequencies_cutoff=lambda r: mf,  # the recorded elements decide; this only fixes the band
-                basis_filter=lambda attr: _signature(attr) in kept,
-                recompute=True,  # a basis of its own: escnn shares cached bases between models
-                initialize=False,
+                **{k: v for k, v in options.items() if k in accepted},
             )
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,23 +55,16 @@ from lightning_equi.subspace import ModelProjection, ProjectedTensor
 if TYPE_CHECKING:
     from lightning_equi.adapters.dense_layers import _DenseLayer
 
-__all__ = ["to_dense", "to_escnn", "escnn_spec", "EQUIVARIANT_BY_CONSTRUCTION"]
+__all__ = ["to_dense", "to_escnn", "escnn_spec", "EscnnModelProjection", "kept_escnn_modules"]
 
-#: escnn modules whose own parameters are equivariant whatever their value (one per field, or on
-#: norms and trivial irreps only): kept as they are and left free in the spec
-EQUIVARIANT_BY_CONSTRUCTION: tuple[type, ...] = (
-    enn.InnerBatchNorm,
-    enn.NormBatchNorm,
-    enn.InducedNormBatchNorm,
-    enn.GNormBatchNorm,
-    enn.IIDBatchNorm1d,
-    enn.IIDBatchNorm2d,
-    enn.IIDBatchNorm3d,
-    enn.NormNonLinearity,
-    enn.InducedNormNonLinearity,
+# escnn layer -> the dense layer that replaces it, matched with isinstance (subclasses such as
+# R3IcoConv included), first match wins
+_REPLACE: tuple[tuple[type, type], ...] = (
+    (enn.R2Conv, DenseR2Conv),
+    (enn.R3Conv, DenseR3Conv),
+    (enn.Linear, DenseLinear),
 )
-# escnn layer -> the dense layer that replaces it
-_REPLACE = {enn.R2Conv: DenseR2Conv, enn.R3Conv: DenseR3Conv, enn.Linear: DenseLinear}
+_CONVERTIBLE = tuple(cls for cls, _ in _REPLACE)
 
 
 def _owns_parameters(module: nn.Module) -> bool:
@@ -81,61 +75,173 @@ def _under(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _is_escnn_module(module: nn.Module) -> bool:
+    """Whether ``module`` is one of escnn's own modules (or a subclass of one), whose parameters escnn
+    keeps equivariant whatever their value. A user class deriving from ``EquivariantModule`` itself is
+    not: its parameters are the user's, and nothing says how the group acts on them."""
+    for cls in type(module).__mro__:
+        if cls.__module__.split(".")[0] == "escnn":
+            return cls is not enn.EquivariantModule
+    return False
+
+
+@dataclass
+class _Walk:
+    """What :func:`_walk` found: layers to make dense, escnn modules kept, modules refused."""
+
+    convert: list[tuple[str, nn.Module]] = field(default_factory=list)
+    kept: list[tuple[str, str, int]] = field(default_factory=list)  # (name, class name, #parameters)
+    bad: list[tuple[str, type]] = field(default_factory=list)
+
+
+def _own_part(module: nn.Module) -> tuple[int, list[tuple[str, nn.Module]]]:
+    """Parameters of ``module`` and of its plain torch submodules (an escnn module's own ``BatchNorm3d``,
+    ...), and the ``EquivariantModule`` s below them (relative names), which are visited on their own."""
+    n = sum(p.numel() for p in module.parameters(recurse=False))
+    below: list[tuple[str, nn.Module]] = []
+    for cname, child in module.named_children():
+        if isinstance(child, enn.EquivariantModule):
+            below.append((cname, child))
+        else:
+            k, deeper = _own_part(child)
+            n += k
+            below += [(_join(cname, d), m) for d, m in deeper]
+    return n, below
+
+
+def _walk(model: nn.Module, invariant: Sequence[str] = ()) -> _Walk:
+    """Sort the modules of ``model``: escnn layers to make dense, escnn modules kept as they are (with
+    the number of their parameters, left free), and plain modules with parameters outside
+    ``invariant`` (refused: escnn cannot say how the group acts on them)."""
+    out = _Walk()
+
+    def visit(name: str, module: nn.Module) -> None:
+        if isinstance(module, _CONVERTIBLE):
+            out.convert.append((name, module))
+        elif isinstance(module, DENSE_LAYERS):
+            return
+        elif _is_escnn_module(module):
+            n, below = _own_part(module)
+            if n:
+                out.kept.append((name or "<model>", type(module).__name__, n))
+            for cname, child in below:
+                visit(_join(name, cname), child)
+        elif not (name and _under(name, invariant)):  # an invariant part is free, with all it holds
+            if _owns_parameters(module):
+                out.bad.append((name or "<model>", type(module)))
+            for cname, child in module.named_children():
+                visit(_join(name, cname), child)
+
+    visit("", model)
+    return out
+
+
+def kept_escnn_modules(model: nn.Module) -> list[tuple[str, str, int]]:
+    """``(name, class name, number of parameters)`` of the escnn modules of ``model`` that keep their own
+    parameters (batch norms, gated nonlinearities, point convolutions, ...): every escnn
+    ``EquivariantModule`` is equivariant for any value of its parameters, so they stay free."""
+    return _walk(model).kept
+
+
+def _replacement(module: nn.Module, subspace: str | None) -> nn.Module:
+    for cls, dense_cls in _REPLACE:
+        if isinstance(module, cls):
+            return dense_cls(module, subspace)
+    raise TypeError(f"no dense layer for {type(module).__name__}")  # unreachable: _walk filters
+
+
+def _copy_in_train_mode(model: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """``deepcopy(model, memo)``, the copy in train mode. escnn modules holding an expanded ``filter``
+    (eval mode) refuse to be deep-copied, so an eval-mode model is switched to train mode for the
+    copy and back afterwards, module by module."""
+    modes = [(m, m.training) for m in model.modules()]
+    if not all(mode for _, mode in modes):
+        model.train()
+    try:
+        dense = copy.deepcopy(model, memo)
+    finally:
+        for m, mode in modes:  # parents first: each call fixes its children, which follow it
+            if m.training != mode:
+                m.train(mode)
+    return dense.train()
+
+
 def to_dense(
     model: nn.Module, subspace: str | None = None, invariant: Sequence[str] = ()
 ) -> tuple[nn.Module, ModelProjection]:
     """A copy of ``model`` with every escnn ``R2Conv``/``R3Conv``/``Linear`` made dense, and its spec.
 
+    Every escnn layer that is an instance of these classes (subclasses such as ``R3IcoConv``
+    included) becomes a dense layer. Every other escnn module (``MaskModule``, batch norms,
+    gated and norm nonlinearities, ``TensorProductModule``, point convolutions, pooling, ...) is
+    kept as it is: escnn builds each of them equivariant for any value of its parameters, so those
+    parameters stay free (listed by ``projection.summary()``).
+
     Args:
         model: an escnn model (``SequentialModule``, a user ``EquivariantModule``, any ``nn.Module``
-            holding escnn modules). It is not modified.
+            holding escnn modules). It is not modified. The copy is returned in train mode, whatever
+            the mode of ``model``: it is a model to train.
         subspace: ``"grid"`` or ``"basis"`` for every steerable layer; ``None`` picks per layer
             (:func:`default_subspace`).
         invariant: names of plain torch submodules that act on invariant features (e.g. an MLP head
             after ``GroupPooling``): their parameters are left free. Any other plain torch module with
-            parameters inside the model is an error, because its action cannot be read from escnn.
+            parameters of its own inside the model is an error, because its action cannot be read
+            from escnn.
 
     Returns:
         ``(dense_model, projection)``; ``projection`` is :func:`escnn_spec` of the dense model (pass it
         as ``spec=`` to the callbacks, or call ``escnn_spec(self)`` from a ``symmetry_spec`` method).
 
     Raises:
-        ValueError: naming each module that cannot be adapted, and how to fix it.
+        ValueError: naming every module that cannot be adapted, and how to fix it.
     """
-    replace: dict[int, nn.Module] = {}
-    bad, handled = [], []  # handled: modules whose submodules are escnn's business, not ours
-    with keep_numpy_rng():
-        for name, module in model.named_modules():
-            cls = type(module)
-            if _under(name, handled):
-                continue
-            if cls in _REPLACE:
-                replace[id(module)] = _REPLACE[cls](module, subspace)
-                handled.append(name)
-            elif isinstance(module, (*DENSE_LAYERS, *EQUIVARIANT_BY_CONSTRUCTION)):
-                handled.append(name)
-            elif _owns_parameters(module) and not _under(name, invariant):
-                bad.append((name or "<model>", cls))
-    if bad:
-        rows = "\n".join(f"  {n} ({c.__module__}.{c.__name__})" for n, c in bad)
+    walk = _walk(model, invariant)
+    if walk.bad:
+        rows = "\n".join(f"  {n} ({c.__module__}.{c.__name__})" for n, c in walk.bad)
+        names = ", ".join(repr(n) for n, _ in walk.bad)
         raise ValueError(
             "to_dense: cannot read the group action of these modules from escnn:\n" + rows + "\n"
-            "Only escnn's R2Conv, R3Conv and Linear are made dense; escnn modules equivariant by "
-            f"construction ({', '.join(c.__name__ for c in EQUIVARIANT_BY_CONSTRUCTION[:3])}, ...) "
-            "and parameter-free modules are "
-            "kept. Replace the module by an escnn one, or, if it only sees invariant features, pass "
-            f"to_dense(model, invariant=[{bad[0][0]!r}])"
+            "escnn's R2Conv, R3Conv and Linear are made dense and every other escnn module is kept as "
+            "it is, but a plain torch module with parameters inside the model could break equivariance. "
+            "Replace each by an escnn module, or, if they only see invariant features, pass "
+            f"to_dense(model, invariant=[{names}])"
         )
-    if not replace:
+    if not walk.convert:
         raise ValueError("to_dense: the model has no escnn R2Conv, R3Conv or Linear layer to make dense")
+    with keep_numpy_rng():
+        replace: dict[int, Any] = {id(m): _replacement(m, subspace) for _, m in walk.convert}
     # deepcopy with the steerable layers pre-mapped to their dense versions: their escnn bases are never
     # copied (deepcopy of an escnn conv fails in eval mode), everything else is
-    memo: dict[int, Any] = dict(replace)
-    dense = copy.deepcopy(model, memo)
+    dense = _copy_in_train_mode(model, dict(replace))
     return dense, escnn_spec(dense)
 
 
-def escnn_spec(model: nn.Module, subspace: str | None = None) -> ModelProjection:
+class EscnnModelProjection(ModelProjection):
+    """A :class:`~lightning_equi.subspace.ModelProjection` that also knows which escnn modules were kept.
+
+    Attributes:
+        kept: ``(name, class name, number of parameters)`` per escnn module kept as it is, whose
+            parameters are free (:func:`kept_escnn_modules`).
+    """
+
+    def __init__(self, *args: Any, kept: Sequence[tuple[str, str, int]] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kept = list(kept)
+
+    def summary(self) -> str:
+        """:meth:`ModelProjection.summary`, then the escnn modules kept with free parameters."""
+        out = super().summary()
+        if not self.kept:
+            return out
+        rows = ", ".join(f"{n} ({c}, {k} parameters)" for n, c, k in self.kept)
+        return out + f"\nkept as escnn modules (equivariant for any parameters, left free): {rows}"
+
+
+def escnn_spec(model: nn.Module, subspace: str | None = None) -> EscnnModelProjection:
     """The :class:`~lightning_equi.subspace.ModelProjection` of a model holding dense escnn layers.
 
     Every ``weight``/``bias`` of a dense layer (:data:`~lightning_equi.adapters.dense_layers.DENSE_LAYERS`)
@@ -162,7 +268,7 @@ def escnn_spec(model: nn.Module, subspace: str | None = None) -> ModelProjection
     group = group_from_escnn(next(iter(groups.values())))
     covered = {e.name for e in entries}
     free = [n for n, _ in model.named_parameters() if n not in covered]
-    return ModelProjection(group, model, entries, free)
+    return EscnnModelProjection(group, model, entries, free, kept=kept_escnn_modules(model))
 
 
 def _least_squares(layer: _DenseLayer, target: Any, strict: bool, name: str) -> None:

@@ -1,0 +1,286 @@
+"""Networks written in escnn's own style, end to end: to_dense equals escnn, equi with Adam stays in E
+and equivariant, grid_lint runs, aug and the monitor run, to_escnn round-trips where the subspace allows.
+
+The models are tiny versions of escnn's rotated-MNIST C8 tutorial model (``MaskModule``,
+``PointwiseAvgPoolAntialiased``, ``GroupPooling``, a torch head; its ``forward`` takes a plain
+tensor) and of an irreps network with gated and norm nonlinearities and ``IIDBatchNorm2d``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+escnn = pytest.importorskip("escnn")
+from escnn import gspaces  # noqa: E402
+from escnn import nn as enn  # noqa: E402
+
+from lightning_equi.adapters import escnn_spec, to_dense, to_escnn  # noqa: E402
+from lightning_equi.adapters.dense_layers import DenseR2Conv  # noqa: E402
+from lightning_equi.callbacks import build_callbacks  # noqa: E402
+from lightning_equi.testing import assert_equivariant  # noqa: E402
+
+pytestmark = pytest.mark.escnn
+warnings.filterwarnings("ignore", message=".*py3nj.*")
+
+
+# ---- the models, in escnn's style --------------------------------------------------------------------
+
+
+class C8Tutorial(nn.Module):
+    """escnn's rotated-MNIST tutorial model, small: a mask, C8 regular convs, antialiased average
+    pooling, group pooling and a torch head; ``forward`` takes a plain tensor."""
+
+    def __init__(self, size: int = 13, n_classes: int = 3) -> None:
+        super().__init__()
+        gs = gspaces.rot2dOnR2(8)
+        self.input_type = t0 = enn.FieldType(gs, [gs.trivial_repr])
+        t1 = enn.FieldType(gs, 2 * [gs.regular_repr])
+        t2 = enn.FieldType(gs, 2 * [gs.regular_repr])
+        self.block1 = enn.SequentialModule(
+            enn.MaskModule(t0, size, margin=1),
+            enn.R2Conv(t0, t1, 5, padding=2, bias=False),
+            enn.InnerBatchNorm(t1),
+            enn.ReLU(t1, inplace=True),
+        )
+        self.pool1 = enn.PointwiseAvgPoolAntialiased(t1, sigma=0.66, stride=2)
+        self.block2 = enn.SequentialModule(
+            enn.R2Conv(t1, t2, 3, padding=1, bias=False), enn.InnerBatchNorm(t2), enn.ReLU(t2, inplace=True)
+        )
+        self.gpool = enn.GroupPooling(t2)
+        self.fully_net = nn.Sequential(nn.Linear(len(t2), 8), nn.ELU(), nn.Linear(8, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = enn.GeometricTensor(x, self.input_type)
+        h = self.gpool(self.block2(self.pool1(self.block1(h))))
+        return self.fully_net(h.tensor.mean(dim=(2, 3)))
+
+
+class SO2Irreps(enn.EquivariantModule):
+    """An SO(2) irreps network: gated nonlinearity (its bias on the gates), IID batch norm, norm
+    nonlinearity, invariant output; GeometricTensor in, plain invariant tensor out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gs = gspaces.rot2dOnR2(-1, maximum_frequency=4)
+        self.in_type = enn.FieldType(gs, [gs.trivial_repr])
+        gates = enn.FieldType(gs, 2 * [gs.trivial_repr])
+        gated = enn.FieldType(gs, [gs.irrep(1), gs.irrep(2)])
+        hidden = enn.FieldType(gs, [gs.irrep(1), gs.irrep(2)])
+        self.out_type = enn.FieldType(gs, 2 * [gs.trivial_repr])
+        self.net = enn.SequentialModule(
+            enn.R2Conv(self.in_type, gates + gated, 5, padding=2),
+            enn.GatedNonLinearity1(gates + gated, gates=2 * ["gate"] + 2 * ["gated"]),
+            enn.IIDBatchNorm2d(gated),
+            enn.R2Conv(gated, hidden, 5, padding=2),
+            enn.NormNonLinearity(hidden, "n_relu", bias=True),
+            enn.R2Conv(hidden, self.out_type, 3, padding=1),
+        )
+
+    def forward(self, x):
+        if not isinstance(x, enn.GeometricTensor):
+            x = self.in_type(x)
+        return self.net(x).tensor.mean(dim=(2, 3))
+
+    def evaluate_output_shape(self, input_shape):
+        return input_shape[:1] + (self.out_type.size,)
+
+
+def _inputs(shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _eval_outputs(model, x):
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    return out.tensor if isinstance(out, enn.GeometricTensor) else out
+
+
+class _Lit(L.LightningModule):
+    """A dense model trained by Adam on random targets; its spec is read from the model."""
+
+    def __init__(self, net: nn.Module, x: torch.Tensor, n_out: int) -> None:
+        super().__init__()
+        self.net = net
+        self.x, self.y = x, _inputs((x.shape[0], n_out), seed=1)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def symmetry_spec(self):
+        return escnn_spec(self)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=4)
+
+
+def _fit(lit: _Lit, mode: str, quiet_trainer, steps: int = 3, **kwargs):
+    callbacks = build_callbacks(mode, model=lit, inputs="image", every_n_steps=1, probe_size=2, **kwargs)
+    trainer = quiet_trainer(callbacks, max_steps=steps)
+    trainer.fit(lit)
+    return trainer
+
+
+# ---- 1. every escnn module converts or is kept ----------------------------------------------------------
+
+
+def test_c8_tutorial_model_converts_keeps_its_modules_and_trains_in_E(quiet_trainer):
+    model = C8Tutorial()
+    x = _inputs((4, 1, 13, 13))
+    dense, projection = to_dense(model, invariant=["fully_net"])
+    assert [type(m).__name__ for m in dense.block1] == ["MaskModule", "DenseR2Conv", "InnerBatchNorm", "ReLU"]
+    torch.testing.assert_close(_eval_outputs(dense, x), _eval_outputs(model, x), atol=1e-5, rtol=1e-5)
+    summary = projection.summary()
+    assert "kept as escnn modules" in summary
+    assert "block1.2 (InnerBatchNorm, 4 parameters)" in summary and "block2.1 (InnerBatchNorm" in summary
+    assert {"block1.2.batch_norm_[8].weight", "fully_net.0.weight"} <= set(projection.free_names)
+    lit = _Lit(dense.train(), x, 3)
+    trainer = _fit(lit, "equi", quiet_trainer)
+    assert trainer.global_step == 3
+    spec = lit.symmetry_spec()
+    assert float(spec.relative_total_distance()) < 1e-6
+    # exactly C8-equivariant on the quarter turns (C8's 45-degree turns interpolate the image)
+    out = assert_equivariant(dense, x, "C8", elements=torch.tensor([0, 2, 4, 6]))
+    assert float(out["max"]) < 1e-4
+
+
+def test_so2_irreps_model_keeps_gated_norm_and_iid_batchnorm_free():
+    model = SO2Irreps()
+    x = _inputs((3, 1, 9, 9))
+    dense, projection = to_dense(model)
+    torch.testing.assert_close(_eval_outputs(dense, x), _eval_outputs(model, x), atol=1e-5, rtol=1e-5)
+    kept = {name: cls for name, cls, _ in projection.kept}
+    assert kept == {"net.1": "GatedNonLinearity1", "net.2": "IIDBatchNorm2d", "net.4": "NormNonLinearity"}
+    assert {"net.1.bias", "net.4.log_bias", "net.2.irrep_1_weight"} <= set(projection.free_names)
+    assert [e.layer for e in projection.entries if e.name.endswith("weight")] == ["net.0", "net.3", "net.5"]
+
+
+def test_every_parametrised_escnn_module_is_kept_and_listed():
+    gs = gspaces.rot2dOnR2(-1, maximum_frequency=4)
+    trivial, v = gs.trivial_repr, gs.irrep(1)
+    t_in = enn.FieldType(gs, [trivial])
+    t_g2 = (enn.FieldType(gs, 2 * [trivial]), enn.FieldType(gs, 2 * [v]))
+    t_tp, t_out = enn.FieldType(gs, 2 * [v]), enn.FieldType(gs, 2 * [gs.irrep(2)])
+
+    class Net(nn.Module):  # GatedNonLinearity2 takes its gates and gated fields as two tensors
+        def __init__(self):
+            super().__init__()
+            self.conv_gates = enn.R2Conv(t_in, t_g2[0], 3, padding=1)
+            self.conv_gated = enn.R2Conv(t_in, t_g2[1], 3, padding=1)
+            self.gate = enn.GatedNonLinearity2(t_g2)
+            self.tensor = enn.TensorProductModule(t_tp, t_out)
+            self.out = enn.R2Conv(t_out, t_in, 3, padding=1)
+
+        def forward(self, x):
+            return self.out(self.tensor(self.gate(self.conv_gates(x), self.conv_gated(x))))
+
+    net = Net()
+    x = t_in(_inputs((2, 1, 7, 7)))
+    dense, projection = to_dense(net)
+    kept = [(name, cls) for name, cls, _ in projection.kept]
+    assert kept == [("gate", "GatedNonLinearity2"), ("tensor", "TensorProductModule")]
+    assert {"gate.bias", "tensor.weights"} <= set(projection.free_names)
+    torch.testing.assert_close(_eval_outputs(dense, x), _eval_outputs(net, x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_subclass_of_r2conv_is_converted_and_comes_back_as_r2conv():
+    class MyConv(enn.R2Conv):
+        pass
+
+    gs = gspaces.rot2dOnR2(4)
+    t0, t1 = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, [gs.regular_repr])
+    net = enn.SequentialModule(MyConv(t0, t1, 3, padding=1))
+    dense, _ = to_dense(net)
+    assert isinstance(dense[0], DenseR2Conv)
+    back = to_escnn(dense)
+    assert type(back[0]) is enn.R2Conv
+    x = t0(_inputs((2, 1, 7, 7)))
+    torch.testing.assert_close(_eval_outputs(back, x), _eval_outputs(net, x), atol=1e-5, rtol=1e-5)
+
+
+# ---- 7. escnn as the user has it -----------------------------------------------------------------------
+
+
+def test_a_model_in_eval_mode_gives_a_copy_in_train_mode_and_stays_in_eval_mode():
+    model = C8Tutorial()
+    x = _inputs((2, 1, 13, 13))
+    model.train()
+    model(x)  # moves the batch norms' statistics
+    before = _eval_outputs(model, x)  # leaves the model in eval mode
+    dense, _ = to_dense(model, invariant=["fully_net"])
+    assert all(m.training for m in dense.modules())
+    assert not any(m.training for m in model.modules())  # the user's model is left as it was
+    torch.testing.assert_close(_eval_outputs(model, x), before, atol=0, rtol=0)
+    torch.testing.assert_close(_eval_outputs(dense, x), before, atol=1e-5, rtol=1e-5)
+
+
+class _TwoPlainModules(enn.EquivariantModule):
+    def __init__(self):
+        super().__init__()
+        gs = gspaces.rot2dOnR2(4)
+        self.in_type = enn.FieldType(gs, [gs.trivial_repr])
+        self.out_type = enn.FieldType(gs, [gs.regular_repr])
+        self.steer = enn.R2Conv(self.in_type, self.out_type, 3)
+        self.plain_conv = nn.Conv2d(4, 4, 3)
+        self.head = nn.Linear(4, 2)
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.steer(x)
+
+    def evaluate_output_shape(self, input_shape):
+        return input_shape
+
+
+def test_the_refusal_names_every_module_it_cannot_handle():
+    with pytest.raises(ValueError, match="cannot read the group action") as info:
+        to_dense(_TwoPlainModules())
+    msg = str(info.value)
+    for row in (
+        "<model> (",
+        "plain_conv (torch.nn.modules.conv.Conv2d)",
+        "head (torch.nn.modules.linear.Linear)",
+    ):
+        assert row in msg
+    assert "invariant=['<model>', 'plain_conv', 'head']" in msg
+
+
+# escnn's own call (group/_numerical.py: null of an np.matrix), which scikit-learn >= 1.6 refuses
+# unless the patch is in place
+_NULL_OF_A_MATRIX = "import numpy as np; numerical.null(np.asmatrix(np.eye(3)[:2]), False)\n"
+
+
+def test_import_lightning_equi_after_escnn_patches_escnn_numerics():
+    code = (
+        "import escnn.group._numerical as numerical\n"
+        "import lightning_equi  # after escnn: patched at once\n"
+        "assert numerical.randomized_svd is None, 'import lightning_equi did not patch a loaded escnn'\n"
+        + _NULL_OF_A_MATRIX
+    )
+    subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
+
+
+def test_import_lightning_equi_before_escnn_patches_escnn_numerics_on_its_import():
+    code = (
+        "import sys, lightning_equi\n"
+        "assert 'escnn' not in sys.modules, 'import lightning_equi imported escnn'\n"
+        "import escnn.group._numerical as numerical\n"
+        "assert numerical.randomized_svd is None, 'the hook did not patch escnn on its import'\n"
+        + _NULL_OF_A_MATRIX
+    )
+    subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
