@@ -60,6 +60,8 @@ _LAZY = {
             "PointCloudAction",
             "SetAction",
             "GraphAction",
+            "SignalAction",
+            "mirror_representation",
             "BatchAction",
             "augment",
             "Action",

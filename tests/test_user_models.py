@@ -514,3 +514,128 @@ def test_cnn_with_a_flattened_map_into_linear(quiet_trainer):
     spec = SymmetrySpec("T6x6").free(net.conv).layer(net.fc, "regular", "trivial")
     _train_equi(quiet_trainer, net, spec, x, "image")
     assert _invariance_error(net, x, rolls) < 1e-5
+
+
+# ---- 2. 1-D signals under cyclic shifts, and under shifts with mirrors -----------------------------
+
+L1 = 12
+
+
+def _shifts_and_mirrors(x: torch.Tensor, mirrors: bool = True) -> list[torch.Tensor]:
+    """Every shift of a cyclic signal and (with ``mirrors``) every shifted mirror ``i -> -i`` (roll, flip)."""
+    mirrored = torch.roll(torch.flip(x, (-1,)), 1, dims=-1)  # x[(-i) mod L]
+    bases = [x, mirrored] if mirrors else [x]
+    return [torch.roll(b, k, dims=-1) for b in bases for k in range(x.shape[-1])]
+
+
+def test_signal_action_against_roll_and_flip():
+    from lightning_equi.actions import SignalAction
+
+    x = torch.randn(3, 2, L1)
+    act = SignalAction(f"D{L1}")
+    elements = act.group.elements()
+    references = _shifts_and_mirrors(x)  # same order: (0, k) then (1, k)
+    for e, ref in zip(elements, references, strict=True):
+        assert torch.equal(act(e[None].expand(3, 2), x), ref)
+    g, h = act.group.sample(3), act.group.sample(3)
+    assert torch.equal(act(g, act(h, x)), act(act.group.compose(g, h), x))  # a homomorphism
+    assert torch.equal(
+        SignalAction("C5")(torch.tensor([2]), torch.arange(5.0)[None]), torch.roll(torch.arange(5.0), 2)[None]
+    )
+    assert torch.equal(SignalAction("D1")(torch.tensor([[1, 0]]), x[:1]), torch.flip(x[:1], (-1,)))
+    with pytest.raises(
+        ValueError, match=r"D12 acts on a cyclic grid of 12 samples, but the signal has 5.*D5"
+    ):
+        act(torch.tensor([[0, 0]]), torch.zeros(1, 1, 5))
+    with pytest.raises(ValueError, match=r"SO2 does not act on a 1-D signal"):
+        SignalAction("SO2")
+
+
+def test_mirror_fields_swap_their_channels_on_mirrors_only():
+    from lightning_equi.actions import make_action
+
+    act = make_action("signal:mirror", f"D{L1}")
+    x = torch.randn(2, 2, L1)
+    shift, mirror = torch.tensor([[0, 3], [0, 3]]), torch.tensor([[1, 0], [1, 0]])
+    assert torch.equal(act(shift, x), torch.roll(x, 3, dims=-1))
+    assert torch.equal(act(mirror, x), _shifts_and_mirrors(x)[L1].flip(1))
+    with pytest.raises(ValueError, match=r"C12 has no mirror on a 1-D signal.*'trivial' fields"):
+        make_action("signal:mirror", f"C{L1}")
+
+
+class Sequence1d(nn.Module):
+    """A sequence-to-sequence convolutional net with circular padding, and an invariant head."""
+
+    def __init__(self, padding_mode: str = "circular") -> None:
+        super().__init__()
+        conv = lambda a, b: nn.Conv1d(a, b, 3, padding=1, padding_mode=padding_mode)  # noqa: E731
+        self.convs = nn.ModuleList([conv(1, 8), conv(8, 8), conv(8, 1)])
+
+    def forward(self, x):
+        for conv in self.convs[:-1]:
+            x = torch.relu(conv(x))
+        return self.convs[-1](x)
+
+
+def _sequence_spec(net: Sequence1d, group: str) -> SymmetrySpec:
+    """The natural declaration: the shifts are carried by the convolutions, the mirrors by the kernels
+    and the fields ('mirror': channel pairs the mirrors swap)."""
+    return (
+        SymmetrySpec(group)
+        .layers(nn.Conv1d, fields="mirror")
+        .layer(net.convs[0], "trivial", "mirror")
+        .layer(net.convs[-1], "mirror", "trivial")
+    )
+
+
+def _sequence_error(net: nn.Module, x: torch.Tensor, mirrors: bool = True) -> float:
+    net.eval()
+    with torch.no_grad():
+        fx = net(x)
+        pairs = zip(_shifts_and_mirrors(x, mirrors), _shifts_and_mirrors(fx, mirrors), strict=True)
+        error = max(_relative(net(gx), gfx) for gx, gfx in pairs)
+    net.train()
+    return error
+
+
+def test_conv1d_under_shifts_and_mirrors(quiet_trainer):
+    torch.manual_seed(0)
+    net = Sequence1d()
+    x = torch.randn(8, 1, L1)
+    assert _sequence_error(net, x) > 1e-2  # a plain init commutes with shifts, not with mirrors
+    assert _sequence_error(net, x, mirrors=False) < 1e-5
+    _train_equi(quiet_trainer, net, _sequence_spec(net, f"D{L1}"), x, "signal", outputs="signal")
+    assert _sequence_error(net, x) < 1e-5
+
+
+def test_conv1d_under_cyclic_shifts(quiet_trainer):
+    torch.manual_seed(0)
+    net = Sequence1d()
+    x = torch.randn(8, 1, L1)
+    # the shifts act on the grid only: scalar fields, and the convolutions are unconstrained
+    spec = SymmetrySpec(f"C{L1}").layers(nn.Conv1d, fields="trivial")
+    _train_equi(quiet_trainer, net, spec, x, "signal", outputs="signal")
+    assert _sequence_error(net, x, mirrors=False) < 1e-5
+    with pytest.warns(UserWarning, match=r"pads with zeros.*padding_mode='circular'"):
+        zero = Sequence1d(padding_mode="zeros")
+        SymmetrySpec(f"C{L1}").layers(nn.Conv1d, fields="trivial").bind(zero)
+    assert _sequence_error(zero, x, mirrors=False) > 1e-2  # negative control: zero padding at the ends
+
+
+def test_freeing_conv1d_under_mirrors_is_not_equivariant():
+    """Negative control for the old hint ("leave it free, a convolution is translation-equivariant")."""
+    torch.manual_seed(0)
+    net = Sequence1d()
+    x = torch.randn(4, 1, L1)
+    _sequence_spec(net, f"D{L1}").free(net.convs[1]).bind(net).project_parameters_()
+    assert _sequence_error(net, x) > 1e-2
+
+
+def test_conv1d_geometry_warnings_name_the_fix():
+    spec = SymmetrySpec(f"D{L1}").layers(nn.Conv1d, fields="mirror")
+    with pytest.warns(UserWarning, match=r"stride 2 keeps one sample in 2.*stride=1"):
+        spec.bind(nn.Conv1d(2, 2, 3, stride=2, padding=1, padding_mode="circular"))
+    with pytest.warns(UserWarning, match=r"window of 4 taps is not centred.*odd kernel_size"):
+        spec.bind(nn.Conv1d(2, 2, 4, padding=1, padding_mode="circular"))
+    with pytest.warns(UserWarning, match=r"window of 3 taps is not centred.*padding=1"):
+        SymmetrySpec("D1").layers(nn.Conv1d, fields="regular").bind(nn.Conv1d(2, 2, 3))

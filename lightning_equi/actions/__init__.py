@@ -1,5 +1,5 @@
 """Group elements acting on data, one element per sample: images and masks, point clouds, sets,
-graphs, and several entries of a batch at once.
+graphs, 1-D signals, and several entries of a batch at once.
 
 Example:
     >>> import torch
@@ -17,6 +17,7 @@ from lightning_equi.actions.images import ImageAction
 from lightning_equi.actions.points import PointCloudAction
 from lightning_equi.actions.registry import ACTION_NAMES, action_names_for, make_action
 from lightning_equi.actions.sets import GraphAction, SetAction
+from lightning_equi.actions.signals import SignalAction, mirror_representation
 
 __all__ = [
     "Action",
@@ -26,6 +27,8 @@ __all__ = [
     "PointCloudAction",
     "SetAction",
     "GraphAction",
+    "SignalAction",
+    "mirror_representation",
     "BatchAction",
     "augment",
     "batch_action",

@@ -11,6 +11,7 @@ from lightning_equi.actions.base import Action
 from lightning_equi.actions.images import ImageAction
 from lightning_equi.actions.points import PointCloudAction
 from lightning_equi.actions.sets import GraphAction, SetAction
+from lightning_equi.actions.signals import SignalAction, mirror_representation
 from lightning_equi.groups import Group, get_group, representation_by_name
 
 __all__ = ["ACTION_NAMES", "make_action", "action_names_for"]
@@ -21,15 +22,28 @@ ACTION_NAMES = {
     "points": "PointCloudAction: point clouds (B, N, d)",
     "set": "SetAction: sets (B, n, ...) under S_n",
     "graph": "GraphAction: adjacency matrices (B, n, n) under S_n",
+    "signal": "SignalAction: 1-D signals (B, C, L), shifts and mirrors of a cyclic grid or reversal",
 }
-_KINDS = {"image": ImageAction, "points": PointCloudAction, "set": SetAction, "graph": GraphAction}
+_KINDS = {
+    "image": ImageAction,
+    "points": PointCloudAction,
+    "set": SetAction,
+    "graph": GraphAction,
+    "signal": SignalAction,
+}
+_FIELDS = {
+    "image": ("fields", ImageAction),
+    "points": ("features", PointCloudAction),
+    "signal": ("fields", SignalAction),
+}
 
 
 def make_action(name: str | Action, group: Group | str) -> Action:
     """The action called ``name`` (see :data:`ACTION_NAMES`): ``"image"``, ``"image:standard"``, ...
 
-    ``<kind>:<fields>`` gives the representation on the channels (``image``) or point features
-    (``points``): ``trivial``, ``regular``, ``standard``, ``sign`` or ``irrep<k>``. An
+    ``<kind>:<fields>`` gives the representation on the channels (``image``, ``signal``) or point
+    features (``points``): ``trivial``, ``regular``, ``standard``, ``sign`` or ``irrep<k>``, and for
+    signals ``mirror`` (pairs of channels the mirrors swap). An
     :class:`~lightning_equi.actions.Action` is returned as it is.
 
     Raises:
@@ -41,6 +55,8 @@ def make_action(name: str | Action, group: Group | str) -> Action:
         ImageAction(C4, exact=True)
         >>> make_action("graph", "S5")
         GraphAction(S5, exact=True)
+        >>> make_action("signal:mirror", "D8")
+        SignalAction(D8, exact=True)
     """
     if isinstance(name, Action):
         return name
@@ -53,13 +69,17 @@ def make_action(name: str | Action, group: Group | str) -> Action:
         raise ValueError(f"unknown action {name!r}. Valid names (optionally '<name>:<fields>'):\n{valid}")
     if not fields:
         return _KINDS[kind](group)
-    if kind not in ("image", "points"):
+    if kind not in _FIELDS:
         raise ValueError(f"action {kind!r} takes no fields, got {name!r}")
     try:
-        rep = representation_by_name(group, fields)
+        if kind == "signal" and fields.strip() == "mirror":
+            rep = mirror_representation(group)
+        else:
+            rep = representation_by_name(group, fields)
     except ValueError as err:
         raise ValueError(f"action {name!r}: {err}") from err
-    return ImageAction(group, fields=rep) if kind == "image" else PointCloudAction(group, features=rep)
+    argument, cls = _FIELDS[kind]
+    return cls(group, **{argument: rep})
 
 
 def action_names_for(group: Group | str) -> list[str]:
@@ -67,7 +87,7 @@ def action_names_for(group: Group | str) -> list[str]:
 
     Example:
         >>> action_names_for("S4"), action_names_for("D4")
-        (['set', 'graph'], ['image', 'points'])
+        (['set', 'graph'], ['image', 'points', 'signal'])
     """
     group = get_group(group)
     names = []

@@ -10,13 +10,17 @@ channels and its actions; nothing else in the package reads a layer's attributes
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
 from lightning_equi.groups import (
+    CyclicGroup,
     FiniteGroup,
     Group,
     Representation,
+    TorusTranslations,
     direct_sum,
     grid_representation,
     trivial,
@@ -34,6 +38,7 @@ __all__ = [
     "layer_channels",
     "line_representation",
     "kernel_factors",
+    "signal_geometry_warnings",
     "grouped_channel_factors",
     "layer_actions",
     "norm_actions",
@@ -84,18 +89,27 @@ def layer_channels(module: nn.Module) -> tuple[int, int]:
 
 
 def line_representation(group: Group, size: int) -> Representation:
-    """The action on a 1-d kernel of ``size`` taps: an order-2 group (C2, D1) reverses it; C1 leaves it alone.
+    """The action on a 1-d kernel of ``size`` taps: mirrors reverse it, shifts leave it alone.
+
+    On a 1-D signal (:mod:`lightning_equi.actions.signals`) ``C2`` and ``D1`` are the mirror, and the
+    mirrors of ``D_N`` reverse the kernel too; a shift of the cyclic grid (``C_N``, ``D_N``, ``T<N>``)
+    moves the signal, which a convolution with circular padding commutes with, so it does not act on
+    the kernel.
 
     Example:
         >>> from lightning_equi.groups import get_group
-        >>> C2 = get_group("C2")
+        >>> C2, D4 = get_group("C2"), get_group("D4")
         >>> line_representation(C2, 3).permutation(C2.elements())
         tensor([[0, 1, 2],
                 [2, 1, 0]])
+        >>> line_representation(D4, 3).permutation(torch.tensor([[0, 1], [1, 1]]))  # a shift, a mirror
+        tensor([[0, 1, 2],
+                [2, 1, 0]])
     """
+    from lightning_equi.actions.signals import mirror_flags  # the one definition of a mirror of a signal
 
     def perm(g: Tensor) -> Tensor:
-        flip = group.index(g) % 2  # C2: element 1; D1: (f, 0) has index f
+        flip = mirror_flags(group, g)
         ids = torch.arange(size, device=g.device)
         return torch.where(flip[:, None].bool(), ids.flip(0)[None], ids[None])
 
@@ -105,12 +119,23 @@ def line_representation(group: Group, size: int) -> Representation:
     return Representation(group, size, f"line{size}", matrices, perm)
 
 
+def _acts_on_signals(group: Group) -> bool:
+    from lightning_equi.actions.signals import cyclic_length
+
+    try:
+        cyclic_length(group)
+    except ValueError:
+        return False
+    return True
+
+
 def kernel_factors(group: Group, kernel: tuple[int, ...], where: str) -> list[tuple[Representation, int]]:
     """The factors of a :class:`~lightning_equi.subspace.base.TensorAction` on a convolution's kernel axes.
 
     A 2-d kernel is acted on by quarter turns and mirrors of its grid
     (:func:`~lightning_equi.groups.grid_representation`), a 3-d kernel by the same on its last two axes
-    (rotations about the depth axis), a 1-d kernel by reversal (C1, C2 and D1 only).
+    (rotations about the depth axis), a 1-d kernel by :func:`line_representation` (C_N, D_N and T<N>
+    on a cyclic 1-D grid, C2 and D1 by reversal).
 
     Raises:
         ValueError: for a group that does not act on the kernel (``where`` names the layer).
@@ -120,22 +145,74 @@ def kernel_factors(group: Group, kernel: tuple[int, ...], where: str) -> list[tu
         >>> [(rep.name, axes) for rep, axes in kernel_factors(get_group("C4"), (2, 3, 3), "conv")]
         [('trivial+trivial', 1), ('grid3x3', 2)]
     """
+    if len(kernel) == 1:
+        if not _acts_on_signals(group):
+            raise ValueError(
+                f"{where}: {group.name} does not act on a 1-d kernel: C_N, D_N and T<N> act on a cyclic 1-D "
+                "grid of N samples (shifts, and mirrors for D_N), C2 and D1 reverse a signal"
+            )
+        return [(line_representation(group, kernel[0]), 1)]
     try:
-        if len(kernel) == 1:
-            if not (
-                isinstance(group, FiniteGroup) and group.order in (1, 2) and group.name in ("C1", "C2", "D1")
-            ):
-                raise ValueError(f"only C1, C2 and D1 (reversal) act on a 1-d kernel, not {group.name}")
-            return [(line_representation(group, kernel[0]), 1)]
         grid = (grid_representation(group, kernel[-2:]), 2)
-        if len(kernel) == 2:
-            return [grid]
-        return [(kernel[0] * trivial(group), 1), grid]  # rotations about the depth axis
     except ValueError as err:
-        raise ValueError(
-            f"{where}: {err}. If this layer's weights are unconstrained (a convolution is already "
-            f"translation-equivariant), leave it free with spec.free(...)"
-        ) from err
+        raise ValueError(f"{where}: {err}. {_free_hint(group)}") from err
+    if len(kernel) == 2:
+        return [grid]
+    return [(kernel[0] * trivial(group), 1), grid]  # rotations about the depth axis
+
+
+def _free_hint(group: Group) -> str:
+    """What to do with a convolution whose kernel the group does not act on: freeing it is right only
+    when the group is made of translations, which a convolution already commutes with."""
+    if isinstance(group, TorusTranslations):
+        return (
+            f"{group.name} only translates, and a convolution with circular padding is already "
+            "translation-equivariant: leave its weights unconstrained with spec.free(...)"
+        )
+    return (
+        "Leaving the layer free would not make it equivariant (its kernel would not follow the rotations "
+        "and mirrors): use C4/D4 (or C2/D2), which act exactly on the grid, or an escnn model with steerable "
+        "kernels (lightning_equi.adapters)"
+    )
+
+
+def signal_geometry_warnings(module: nn.Module, group: Group, where: str) -> list[str]:
+    """Why a 1-d convolution does not commute with the group's shifts and mirrors, whatever its weights:
+    zero padding on a cyclic grid, strides, an off-centre window under mirrors (``[]`` when it does).
+
+    Example:
+        >>> from lightning_equi.groups import get_group
+        >>> D8 = get_group("D8")
+        >>> signal_geometry_warnings(nn.Conv1d(1, 1, 3, padding=1), D8, "conv")  # doctest: +ELLIPSIS
+        ["conv: pads with zeros, which does not commute with the shifts of D8's cyclic grid: ..."]
+        >>> signal_geometry_warnings(nn.Conv1d(1, 1, 3, padding=1, padding_mode="circular"), D8, "c")
+        []
+    """
+    from lightning_equi.actions.signals import cyclic_length
+
+    out = []
+    (size,), (stride,), (dilation,) = module.kernel_size, module.stride, module.dilation
+    padding = module.padding if isinstance(module.padding, str) else module.padding[0]
+    cyclic = cyclic_length(group) is not None
+    transposed = isinstance(module, CONV_T)
+    if cyclic and size > 1 and not transposed and module.padding_mode != "circular":
+        out.append(
+            f"{where}: pads with zeros, which does not commute with the shifts of {group.name}'s cyclic "
+            "grid: pass padding_mode='circular'"
+        )
+    if stride != 1:
+        out.append(
+            f"{where}: stride {stride} keeps one sample in {stride}, which does not commute with every shift "
+            "and mirror of the signal: use stride=1 (and pool invariantly)"
+        )
+    mirrors = not (isinstance(group, (CyclicGroup, TorusTranslations)) and cyclic)
+    centred = padding == "same" or (not isinstance(padding, str) and 2 * padding == dilation * (size - 1))
+    if mirrors and not transposed and size > 1 and not centred:
+        out.append(
+            f"{where}: the window of {size} taps is not centred (padding {padding!r}), so a mirror of the "
+            f"signal does not reverse it: use an odd kernel_size and padding={dilation * (size - 1) // 2}"
+        )
+    return out
 
 
 def layer_actions(
@@ -164,6 +241,9 @@ def layer_actions(
         actions["weight"] = TensorAction(module.weight.shape, [(rho_out, 1), (rho_in, 1)])
     else:
         kernel = kernel_factors(group, tuple(module.kernel_size), where)
+        if len(module.kernel_size) == 1:
+            for message in signal_geometry_warnings(module, group, where):
+                warnings.warn(message, UserWarning, stacklevel=4)
         if module.groups != 1:
             channels = grouped_channel_factors(module, rho_in, rho_out, where)
         elif isinstance(module, CONV_T):

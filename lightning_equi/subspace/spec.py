@@ -2,7 +2,8 @@
 
 A :class:`SymmetrySpec` is declared in a few lines, layer by layer or for all layers of a type, with
 the *fields* each layer reads and writes: a representation of the group, or its short name
-(``"trivial"``, ``"regular"``, ``"standard"``, ``"sign"``, ``"pairs"``, ``"irrep<k>"``) repeated to
+(``"trivial"``, ``"regular"``, ``"standard"``, ``"sign"``, ``"pairs"``, ``"irrep<k>"``, and on 1-D
+signals ``"mirror"``) repeated to
 fill the layer's channels. Binding it to a model (:meth:`SymmetrySpec.bind`) checks that every
 parameter is covered and yields a :class:`~lightning_equi.subspace.projection.ModelProjection`: one
 projector per parameter and running statistic, and the operations the training callbacks need (project
@@ -18,8 +19,13 @@ fields.
 Kernels. Under C1, C2, C4, D1, D2, D4 a ``Conv2d`` kernel is acted on by quarter turns and mirrors of
 its grid (:func:`~lightning_equi.groups.grid_representation`: ``torch.rot90(K, k, dims=(-2, -1))``,
 the mirror ``torch.flip(K, (-1,))`` first); a ``Conv3d`` kernel by the same on its last two axes
-(rotations about the depth axis); a ``Conv1d`` kernel, under an order-2 group (C2 or D1), by
-reversal. Transposed convolutions follow the same rules.
+(rotations about the depth axis). A ``Conv1d`` reads a 1-D signal
+(:class:`~lightning_equi.actions.SignalAction`): C_N, D_N and T<N> act on a cyclic grid of N samples,
+whose shifts the convolution (with circular padding) carries, and the mirrors of D_N (and C2, D1, which
+reverse a signal of any length) reverse its kernel; the fields of its channels are any
+representation, typically ``"trivial"``, ``"sign"`` or ``"mirror"`` (two channels the mirrors swap).
+Binding warns when a 1-d convolution cannot commute with the group (zero padding on a cyclic grid,
+strides, a window that is not centred under mirrors). Transposed convolutions follow the same rules.
 
 Normalisation layers (BatchNorm, InstanceNorm, GroupNorm, LayerNorm over the channels) take the
 fields of the closest declared layer defined before them, unless declared with :meth:`~SymmetrySpec.norm`.
@@ -257,6 +263,10 @@ class SymmetrySpec:
 
     def _named_field(self, key: str, where: str) -> Representation:
         try:
+            if key == "mirror":  # 1-D signals: pairs of channels the mirrors swap
+                from lightning_equi.actions.signals import mirror_representation
+
+                return mirror_representation(self.group)
             return representation_by_name(self.group, key)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from err
