@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -24,10 +25,12 @@ from escnn import nn as enn  # noqa: E402
 
 from lightning_equi.adapters import escnn_spec, to_dense, to_escnn  # noqa: E402
 from lightning_equi.adapters.dense_layers import DenseR2Conv  # noqa: E402
+from lightning_equi.adapters.escnn_lint import GridLintWarning, grid_lint  # noqa: E402
 from lightning_equi.callbacks import build_callbacks  # noqa: E402
 from lightning_equi.testing import assert_equivariant  # noqa: E402
 
 pytestmark = pytest.mark.escnn
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 warnings.filterwarnings("ignore", message=".*py3nj.*")
 
 
@@ -284,3 +287,45 @@ def test_import_lightning_equi_before_escnn_patches_escnn_numerics_on_its_import
         + _NULL_OF_A_MATRIX
     )
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
+
+
+# ---- 4. grid_lint on every escnn model -------------------------------------------------------------------
+
+
+def test_grid_lint_runs_models_whose_forward_takes_a_plain_tensor():
+    assert grid_lint(C8Tutorial(), (13, 13), warn=False) == []  # its layers are centred at 13
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from escnn_digits import SteerableCNN
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    model = SteerableCNN("C4", width=1)
+    assert grid_lint(model, (29, 29), warn=False) == []
+    with pytest.warns(GridLintWarning, match=r"layer 'features\.3' .*width 28.*exact input sizes: 25, 29"):
+        grid_lint(model, (28, 28))
+    assert model.training  # left as it was
+
+
+def test_grid_lint_of_a_model_with_a_mask_of_fixed_size():
+    gs = gspaces.rot2dOnR2(4)
+    t0, t1 = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, [gs.regular_repr])
+    net = enn.SequentialModule(enn.MaskModule(t0, 28, margin=1), enn.R2Conv(t0, t1, 3, padding=1, stride=2))
+    (msg,) = grid_lint(net, (28, 28), warn=False)
+    assert "layer '1'" in msg and "width 28" in msg and "runs at no other square input size" in msg
+    with pytest.raises(ValueError, match="runs neither on a GeometricTensor .* nor on a plain tensor"):
+        grid_lint(net, (27, 27), warn=False)  # the mask refuses it
+
+
+def test_grid_lint_of_a_3d_r3conv_model_on_d_h_w():
+    gs = gspaces.rot3dOnR3(maximum_frequency=1)
+    t0 = enn.FieldType(gs, [gs.trivial_repr])
+    t1 = enn.FieldType(gs, [gs.trivial_repr, gs.irrep(1)])
+    net = enn.SequentialModule(enn.R3Conv(t0, t1, 3, padding=1, stride=2), enn.NormNonLinearity(t1))
+    assert grid_lint(net, (9, 9, 9), warn=False) == []
+    (msg,) = grid_lint(net, (8, 8, 8), warn=False)
+    assert "layer '0'" in msg and "width 8 on axis -3" in msg and "exact input sizes: 7, 9" in msg
+    assert "need a cubic one" in grid_lint(net, (9, 9, 7), warn=False)[0]
+    dense, _ = to_dense(net)
+    assert grid_lint(dense, (8, 8, 8), warn=False) == [msg.replace("(R3Conv,", "(DenseR3Conv,")]
+    with pytest.raises(ValueError, match=r"acts on R\^3: pass \(D, H, W\)"):
+        grid_lint(net, (9, 9))

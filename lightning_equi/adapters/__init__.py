@@ -52,6 +52,7 @@ _LAZY = {
             "grid_projector",
             "bias_projector",
             "keep_numpy_rng",
+            "keep_train_modes",
         ],
         "lightning_equi.adapters.escnn_projectors",
     ),

@@ -49,7 +49,7 @@ from lightning_equi.adapters.dense_layers import (
     layer_projectors,
 )
 from lightning_equi.adapters.escnn_groups import group_from_escnn
-from lightning_equi.adapters.escnn_projectors import keep_numpy_rng
+from lightning_equi.adapters.escnn_projectors import keep_numpy_rng, keep_train_modes
 from lightning_equi.subspace import ModelProjection, ProjectedTensor
 
 if TYPE_CHECKING:
@@ -158,15 +158,10 @@ def _copy_in_train_mode(model: nn.Module, memo: dict[int, Any]) -> nn.Module:
     """``deepcopy(model, memo)``, the copy in train mode. escnn modules holding an expanded ``filter``
     (eval mode) refuse to be deep-copied, so an eval-mode model is switched to train mode for the
     copy and back afterwards, module by module."""
-    modes = [(m, m.training) for m in model.modules()]
-    if not all(mode for _, mode in modes):
-        model.train()
-    try:
+    with keep_train_modes(model):
+        if not all(m.training for m in model.modules()):
+            model.train()
         dense = copy.deepcopy(model, memo)
-    finally:
-        for m, mode in modes:  # parents first: each call fixes its children, which follow it
-            if m.training != mode:
-                m.train(mode)
     return dense.train()
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "type_representation",
     "grid_group",
     "keep_numpy_rng",
+    "keep_train_modes",
 ]
 
 #: the two subspaces a steerable layer can be projected onto
@@ -68,6 +69,19 @@ def keep_numpy_rng() -> Iterator[None]:
         yield
     finally:
         np.random.set_state(state)  # noqa: NPY002
+
+
+@contextlib.contextmanager
+def keep_train_modes(model: torch.nn.Module) -> Iterator[None]:
+    """Restore the train/eval mode of every submodule of ``model`` afterwards, through ``train()`` (escnn's
+    convolutions drop or rebuild their expanded filter there, so their ``state_dict`` keys follow)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:  # parents first: each call sets its children, which follow and fix theirs
+            if m.training != mode:
+                m.train(mode)
 
 
 # ---- our groups and representations from escnn's types -------------------------------------------
