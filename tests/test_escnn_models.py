@@ -96,6 +96,33 @@ class SO2Irreps(enn.EquivariantModule):
         return input_shape[:1] + (self.out_type.size,)
 
 
+class C4UNet(enn.EquivariantModule):
+    """A small equivariant U-Net: a strided R2Conv down, an R2ConvTransposed up, a skip connection
+    (``tensor_directsum``), a scalar map out. GeometricTensor in and out, or plain tensors."""
+
+    def __init__(self, output_padding: int = 0) -> None:
+        super().__init__()
+        gs = gspaces.rot2dOnR2(4)
+        self.in_type = t0 = enn.FieldType(gs, [gs.trivial_repr])
+        t1, t2 = enn.FieldType(gs, [gs.regular_repr]), enn.FieldType(gs, 2 * [gs.regular_repr])
+        self.out_type = enn.FieldType(gs, [gs.trivial_repr])
+        self.enc = enn.SequentialModule(enn.R2Conv(t0, t1, 3, padding=1), enn.ReLU(t1))
+        self.down = enn.SequentialModule(enn.R2Conv(t1, t2, 3, stride=2, padding=1), enn.ReLU(t2))
+        self.up = enn.R2ConvTransposed(t2, t1, 3, stride=2, padding=1, output_padding=output_padding)
+        self.dec = enn.R2Conv(t1 + t1, self.out_type, 3, padding=1)
+
+    def forward(self, x):
+        geometric = isinstance(x, enn.GeometricTensor)
+        x = x if geometric else self.in_type(x)
+        skip = self.enc(x)
+        up = self.up(self.down(skip))
+        y = self.dec(enn.tensor_directsum([up, skip]))
+        return y if geometric else y.tensor
+
+    def evaluate_output_shape(self, input_shape):
+        return input_shape[:1] + (1,) + input_shape[2:]
+
+
 def _inputs(shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -110,10 +137,11 @@ def _eval_outputs(model, x):
 class _Lit(L.LightningModule):
     """A dense model trained by Adam on random targets; its spec is read from the model."""
 
-    def __init__(self, net: nn.Module, x: torch.Tensor, n_out: int) -> None:
+    def __init__(self, net: nn.Module, x: torch.Tensor, n_out: int | tuple) -> None:
         super().__init__()
         self.net = net
-        self.x, self.y = x, _inputs((x.shape[0], n_out), seed=1)
+        shape = (x.shape[0], *n_out) if isinstance(n_out, tuple) else (x.shape[0], n_out)
+        self.x, self.y = x, _inputs(shape, seed=1)
 
     def forward(self, x):
         return self.net(x)
@@ -329,3 +357,58 @@ def test_grid_lint_of_a_3d_r3conv_model_on_d_h_w():
     assert grid_lint(dense, (8, 8, 8), warn=False) == [msg.replace("(R3Conv,", "(DenseR3Conv,")]
     with pytest.raises(ValueError, match=r"acts on R\^3: pass \(D, H, W\)"):
         grid_lint(net, (9, 9))
+
+
+# ---- 3. transposed convolutions ----------------------------------------------------------------------
+
+
+def test_unet_with_r2convtransposed_converts_trains_in_E_and_comes_back(quiet_trainer):
+    from lightning_equi.adapters.dense_layers import DenseR2ConvTransposed
+
+    model = C4UNet()
+    x = _inputs((4, 1, 9, 9))
+    dense, projection = to_dense(model)
+    assert isinstance(dense.up, DenseR2ConvTransposed) and dense.up.weight.shape == (8, 4, 3, 3)
+    torch.testing.assert_close(_eval_outputs(dense, x), _eval_outputs(model, x), atol=1e-5, rtol=1e-5)
+    export = dense.up.export()
+    assert type(export) is nn.ConvTranspose2d
+    h = _inputs((2, 8, 5, 5))
+    torch.testing.assert_close(export(h), dense.up(h), atol=0, rtol=0)
+    # straight after to_dense the weights are escnn's: to_escnn gives back the same function
+    back = to_escnn(dense)
+    assert type(back.up) is enn.R2ConvTransposed
+    torch.testing.assert_close(_eval_outputs(back, x), _eval_outputs(model, x), atol=1e-5, rtol=1e-5)
+    assert grid_lint(dense.train(), (9, 9), warn=False) == []
+    lit = _Lit(dense, x, (1, 9, 9))
+    assert _fit(lit, "equi", quiet_trainer, targets="image").global_step == 3
+    assert float(lit.symmetry_spec().relative_total_distance()) < 1e-6
+    assert float(dense.up.weight.detach().abs().max()) > 0
+    # independent reference: escnn's own transform of the input and of the output feature map
+    dense.eval()
+    gx = model.in_type(x)
+    with torch.no_grad():
+        for g in model.in_type.gspace.fibergroup.elements:
+            torch.testing.assert_close(
+                dense(gx.transform(g)).tensor, dense(gx).transform(g).tensor, atol=1e-5, rtol=1e-4
+            )
+
+
+def test_the_transposed_projector_is_the_group_average_of_the_transposed_weight():
+    from lightning_equi.adapters.dense_layers import DenseR2ConvTransposed
+
+    gs = gspaces.rot2dOnR2(4)
+    t1, t2 = enn.FieldType(gs, [gs.regular_repr]), enn.FieldType(gs, [gs.regular_repr, gs.trivial_repr])
+    up = DenseR2ConvTransposed(enn.R2ConvTransposed(t2, t1, 3, stride=2, padding=1))
+    proj = up.projectors()["weight"]
+    w = _inputs(tuple(up.weight.shape)).double()
+    ref = torch.zeros_like(w)  # 1/|G| sum_g rho_in(g) W(g^-1 .) rho_out(g)^-1, in the (in, out) layout
+    scalar = enn.FieldType(gs, [gs.trivial_repr])
+    for g in gs.fibergroup.elements:
+        wg = scalar(w.reshape(-1, 1, 3, 3)).transform(g).tensor.reshape(w.shape)
+        ri = torch.as_tensor(t2.representation(g), dtype=torch.float64)
+        ro_inv = torch.as_tensor(t1.representation(~g), dtype=torch.float64)
+        ref += torch.einsum("ab,bcxy,cd->adxy", ri, wg, ro_inv)
+    torch.testing.assert_close(proj.project(w), ref / 4, atol=1e-10, rtol=0)
+    msgs = grid_lint(C4UNet(output_padding=1), (10, 10), warn=False)  # 10 -> 5 -> 10
+    assert [m.split(" (")[0] for m in msgs] == ["layer 'down.0'", "layer 'up'"]
+    assert "(R2ConvTransposed, kernel 3, stride 2, padding 1, output_padding 1)" in msgs[1]

@@ -36,7 +36,17 @@ from lightning_equi.adapters.escnn_import import patch_escnn_numerics, require_e
 # public name -> submodule that defines it (imported, with escnn, on first access)
 _LAZY = {
     **dict.fromkeys(
-        ["DenseR2Conv", "DenseR3Conv", "DenseLinear", "DENSE_LAYERS", "layer_projectors", "default_subspace"],
+        [
+            "DenseR2Conv",
+            "DenseR3Conv",
+            "DenseR2ConvTransposed",
+            "DenseR3ConvTransposed",
+            "DenseLinear",
+            "DENSE_LAYERS",
+            "TransposedProjector",
+            "layer_projectors",
+            "default_subspace",
+        ],
         "lightning_equi.adapters.dense_layers",
     ),
     **dict.fromkeys(

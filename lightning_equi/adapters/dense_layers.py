@@ -58,7 +58,10 @@ __all__ = [
     "DenseR2Conv",
     "DenseR3Conv",
     "DenseLinear",
+    "DenseR2ConvTransposed",
+    "DenseR3ConvTransposed",
     "DENSE_LAYERS",
+    "TransposedProjector",
     "layer_projectors",
     "default_subspace",
 ]
@@ -96,7 +99,8 @@ def _basis_recipe(layer: Any) -> dict[str, Any]:
 
 def default_subspace(kind: str, gspace: Any) -> str:
     """``"grid"`` where the group acts exactly on the grid (C1, C2, C4, D1, D2, D4 convolutions,
-    finite groups for ``Linear``), else ``"basis"``."""
+    transposed ones included, finite groups for ``Linear``), else ``"basis"``."""
+    kind = kind.replace("Transposed", "")  # a transposed conv has the same E as the conv
     if kind == "R2Conv":
         return "grid" if grid_group(gspace) is not None else "basis"
     if kind == "Linear":
@@ -105,6 +109,7 @@ def default_subspace(kind: str, gspace: Any) -> str:
 
 
 def _check_subspace(subspace: str, kind: str, gspace: Any, where: str) -> str:
+    kind = kind.replace("Transposed", "")
     if subspace not in SUBSPACES:
         raise ValueError(f"dense_layers: {where}: subspace must be one of {SUBSPACES}, got {subspace!r}")
     if subspace == "grid":
@@ -180,6 +185,14 @@ class _DenseLayer(enn.EquivariantModule):
 
     def _unwrap(self, y: Tensor, geometric: bool) -> Any:
         return enn.GeometricTensor(y, self.out_type) if geometric else y
+
+    #: whether ``weight`` is laid out ``(in, out, *kernel)`` (transposed convolutions) instead of escnn's
+    #: ``(out, in, *kernel)``
+    transposed = False
+
+    def steerable_weight(self) -> Tensor:
+        """``weight`` in escnn's basis layout ``(out, in, *kernel)`` (a view)."""
+        return self.weight.transpose(0, 1) if self.transposed else self.weight
 
     def projectors(self, subspace: str | None = None) -> dict[str, Projector]:
         """``{"weight": P, "bias": P}`` (no ``"bias"`` without a bias), cached per layer signature."""
@@ -326,6 +339,116 @@ class DenseR3Conv(_DenseRdConv):
     _escnn_cls = enn.R3Conv
 
 
+class _DenseRdConvTransposed(_DenseLayer):
+    """Common part of the dense transposed convolutions: weight ``(in, out, *kernel)``, as ConvTranspose."""
+
+    d = 2
+    kind = "R2ConvTransposed"
+    transposed = True
+    _escnn_cls: Any = None
+
+    def __init__(self, conv: Any, subspace: str | None = None) -> None:
+        super().__init__()
+        if int(conv.groups) != 1:
+            raise ValueError(
+                f"{type(self).__name__}: grouped steerable convolutions (groups={conv.groups}) "
+                "are not supported"
+            )
+        self.kernel_size, self.stride, self.dilation = int(conv.kernel_size), conv.stride, conv.dilation
+        self.padding, self.output_padding = conv.padding, conv.output_padding
+        self.escnn_class = _escnn_class(type(conv), self._escnn_cls)
+        self._init_common(conv, subspace)
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        return (self.in_type.size, self.out_type.size, *self._kernel())
+
+    def _kernel(self) -> tuple[int, ...]:
+        return (self.kernel_size,) * self.d
+
+    def forward(self, x: Any) -> Any:
+        t, geometric = self._wrap(x)
+        conv = F.conv_transpose2d if self.d == 2 else F.conv_transpose3d
+        y = conv(t, self.weight, self.bias, self.stride, self.padding, self.output_padding, 1, self.dilation)
+        return self._unwrap(y, geometric)
+
+    def evaluate_output_shape(self, input_shape: tuple) -> tuple:
+        b, c, *spatial = input_shape
+        pad = self.padding if isinstance(self.padding, tuple) else (self.padding,) * self.d
+        extra = (
+            self.output_padding if isinstance(self.output_padding, tuple) else (self.output_padding,) * self.d
+        )
+        out = [
+            (n - 1) * self.stride - 2 * p + self.dilation * (self.kernel_size - 1) + e + 1
+            for n, p, e in zip(spatial, pad, extra, strict=True)
+        ]
+        return (b, self.out_type.size, *out)
+
+    def export(self) -> nn.Module:
+        """A plain ``nn.ConvTranspose2d``/``nn.ConvTranspose3d`` with the same weight and bias."""
+        cls = nn.ConvTranspose2d if self.d == 2 else nn.ConvTranspose3d
+        out = cls(
+            self.in_type.size,
+            self.out_type.size,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            bias=self.bias is not None,
+            dilation=self.dilation,
+        )
+        return self._filled(out)
+
+    def to_escnn_layer(self) -> Any:
+        recipe = self.basis_recipe
+        kept = set(recipe["kept"])
+        mf = float(recipe["maximum_frequency"])
+        with keep_numpy_rng():
+            return self.escnn_class(
+                self.in_type,
+                self.out_type,
+                self.kernel_size,
+                padding=self.padding,
+                output_padding=self.output_padding,
+                stride=self.stride,
+                dilation=self.dilation,
+                bias=self.bias is not None,
+                sigma=list(recipe["sigma"]),
+                rings=list(recipe["rings"]),
+                frequencies_cutoff=lambda r: mf,
+                basis_filter=lambda attr: _signature(attr) in kept,
+                recompute=True,
+                initialize=False,
+            )
+
+
+class DenseR2ConvTransposed(_DenseRdConvTransposed):
+    """An escnn ``R2ConvTransposed`` as a free dense ``ConvTranspose2d`` weight ``(in, out, k, k)``.
+
+    Its E is that of an ``R2Conv`` between the same types, on the weight's transpose (a flipped
+    filter satisfies the same constraint), so ``"grid"`` exists for C1, C2, C4, D1, D2, D4.
+
+    Example:
+        >>> from escnn import gspaces, nn as enn
+        >>> gs = gspaces.rot2dOnR2(4)
+        >>> t0, t1 = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, [gs.regular_repr])
+        >>> up = DenseR2ConvTransposed(enn.R2ConvTransposed(t1, t0, 3, stride=2, padding=1))
+        >>> up.weight.shape, up.subspace, up.projectors()["weight"].dim
+        (torch.Size([4, 1, 3, 3]), 'grid', 9)
+    """
+
+    d = 2
+    kind = "R2ConvTransposed"
+    _escnn_cls = enn.R2ConvTransposed
+
+
+class DenseR3ConvTransposed(_DenseRdConvTransposed):
+    """An escnn ``R3ConvTransposed`` as a free dense ``ConvTranspose3d`` weight (``subspace="basis"``)."""
+
+    d = 3
+    kind = "R3ConvTransposed"
+    _escnn_cls = enn.R3ConvTransposed
+
+
 class DenseLinear(_DenseLayer):
     """An ``escnn.nn.Linear`` as a free dense matrix ``(out, in)``.
 
@@ -364,7 +487,37 @@ class DenseLinear(_DenseLayer):
             )
 
 
-DENSE_LAYERS = (DenseR2Conv, DenseR3Conv, DenseLinear)
+class TransposedProjector(Projector):
+    """A projector of ``(out, in, *kernel)`` weights acting on ``(in, out, *kernel)`` ones (``ConvTranspose``
+    layout): transpose, project, transpose back. Transposing permutes entries, so exactness and
+    orbit-constancy are those of the inner projector.
+
+    Example:
+        >>> from lightning_equi.subspace import OrbitMeanProjector, TensorAction
+        >>> from lightning_equi.groups import CyclicGroup, regular, trivial
+        >>> C4 = CyclicGroup(4)
+        >>> inner = OrbitMeanProjector(TensorAction((4, 1), [(regular(C4), 1), (trivial(C4), 1)]))
+        >>> TransposedProjector(inner).project(torch.arange(4.0)[None]).tolist()
+        [[1.5, 1.5, 1.5, 1.5]]
+    """
+
+    def __init__(self, inner: Projector) -> None:
+        super().__init__((inner.shape[1], inner.shape[0], *inner.shape[2:]))
+        self.inner = inner
+        self.kind = inner.kind
+        self.exact = inner.exact
+        self.orbit_constant = inner.orbit_constant
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def project(self, w: Tensor) -> Tensor:
+        self.check_shape(w)
+        return self.inner.project(w.transpose(0, 1)).transpose(0, 1).contiguous()
+
+
+DENSE_LAYERS = (DenseR2Conv, DenseR3Conv, DenseR2ConvTransposed, DenseR3ConvTransposed, DenseLinear)
 
 
 def layer_projectors(layer: _DenseLayer, subspace: str | None = None) -> dict[str, Projector]:
@@ -383,6 +536,8 @@ def layer_projectors(layer: _DenseLayer, subspace: str | None = None) -> dict[st
             weight = EscnnBasisProjector(
                 layer.in_type, layer.out_type, _BASES[bkey], kernel, exact=not kernel
             )
+        if layer.transposed:
+            weight = TransposedProjector(weight)
         _PROJECTORS[key] = {"weight": weight, "bias": bias_projector(layer.out_type)}
     out = dict(_PROJECTORS[key])
     if layer.bias is None:

@@ -45,7 +45,9 @@ from lightning_equi.adapters.dense_layers import (
     DENSE_LAYERS,
     DenseLinear,
     DenseR2Conv,
+    DenseR2ConvTransposed,
     DenseR3Conv,
+    DenseR3ConvTransposed,
     layer_projectors,
 )
 from lightning_equi.adapters.escnn_groups import group_from_escnn
@@ -62,6 +64,8 @@ __all__ = ["to_dense", "to_escnn", "escnn_spec", "EscnnModelProjection", "kept_e
 _REPLACE: tuple[tuple[type, type], ...] = (
     (enn.R2Conv, DenseR2Conv),
     (enn.R3Conv, DenseR3Conv),
+    (enn.R2ConvTransposed, DenseR2ConvTransposed),
+    (enn.R3ConvTransposed, DenseR3ConvTransposed),
     (enn.Linear, DenseLinear),
 )
 _CONVERTIBLE = tuple(cls for cls, _ in _REPLACE)
@@ -269,7 +273,7 @@ def escnn_spec(model: nn.Module, subspace: str | None = None) -> EscnnModelProje
 def _least_squares(layer: _DenseLayer, target: Any, strict: bool, name: str) -> None:
     """Set ``target.weights`` (and ``bias``) to the least-squares coefficients of ``layer``'s dense weight."""
     be = target.basisexpansion
-    w = layer.weight.detach().to("cpu", torch.float64)
+    w = layer.steerable_weight().detach().to("cpu", torch.float64)
     w3 = w.reshape(w.shape[0], w.shape[1], -1)
     rows_out, rows_in = {}, {}
     for rows, ft in ((rows_out, target.out_type), (rows_in, target.in_type)):

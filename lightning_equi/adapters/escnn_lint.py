@@ -4,9 +4,11 @@ A convolution or pooling layer commutes with the quarter turns and mirrors of th
 when the grid of its output samples is symmetric about the image centre: the first and last window
 centres ``c0 = d (k - 1) / 2 - p`` and ``c0 + (n_out - 1) s`` must add up to ``n - 1``. With stride 1
 that always holds; with stride 2 it depends on the width (a 3x3, padding-1, stride-2 conv is exact on
-29 pixels and off by one pixel on 28). A rotation also needs a square input. :func:`grid_lint` runs
-one forward pass with hooks, checks each layer at the size it actually sees, and names the nearest
-model input sizes for which every layer is exact.
+29 pixels and off by one pixel on 28). A rotation also needs a square input. A transposed
+convolution is centred exactly when its ``output_padding`` is 0 (its ``(n - 1) s - 2 p + d (k - 1) + 1``
+output samples are then symmetric). :func:`grid_lint` runs one forward pass with hooks, checks
+each layer at the size it actually sees, and names the nearest model input sizes for which every
+layer is exact.
 
 Example:
     >>> import torch
@@ -148,6 +150,19 @@ def _problems(seen: list[tuple[str, nn.Module, tuple[int, ...]]], rotations: boo
         if rotations and len(set(shape)) != 1:
             what = "square" if n_axes == 2 else "cubic"
             out.append((name, f"sees a {'x'.join(map(str, shape))} input; quarter turns need a {what} one"))
+            continue
+        if hasattr(mod, "output_padding"):  # a transposed convolution
+            extra = _pair(mod.output_padding, n_axes)
+            if any(extra):
+                out.append(
+                    (
+                        name,
+                        f"({type(mod).__name__}, kernel {k[0]}, stride {s[0]}, padding {p[0]}, "
+                        f"output_padding {extra[0]}) adds {extra[0]} row(s) on one side only: its output "
+                        "grid is not centred, so it is only approximately equivariant at any width; use "
+                        "output_padding=0",
+                    )
+                )
             continue
         for axis in range(n_axes):
             n = shape[axis]
