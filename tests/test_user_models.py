@@ -639,3 +639,51 @@ def test_conv1d_geometry_warnings_name_the_fix():
         spec.bind(nn.Conv1d(2, 2, 4, padding=1, padding_mode="circular"))
     with pytest.warns(UserWarning, match=r"window of 3 taps is not centred.*padding=1"):
         SymmetrySpec("D1").layers(nn.Conv1d, fields="regular").bind(nn.Conv1d(2, 2, 3))
+
+
+# ---- 6. sets flattened element-major ---------------------------------------------------------------
+
+
+class DenseSet(nn.Module):
+    """A dense S_n model on ``x.flatten(1)`` of ``(B, n, d)``: element-major, features side by side."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(N * D, N * H)
+        self.fc2 = nn.Linear(N * H, 1)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
+
+
+def _set_invariance(net: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        fx = net(x)
+        return max(_relative(net(x[:, list(p)]), fx) for p in itertools.permutations(range(N)))
+
+
+def test_a_set_flattened_element_major_with_a_declared_layout(quiet_trainer):
+    torch.manual_seed(0)
+    net = DenseSet()
+    x = torch.randn(8, N, D)
+    # negative control: the default layout is channel-major, which this flattening is not
+    SymmetrySpec(f"S{N}").layers(nn.Linear, fields="standard").layer(net.fc2, "standard", "trivial").bind(
+        net
+    ).project_parameters_()
+    assert _set_invariance(net, x) > 0.1
+    spec = (
+        SymmetrySpec(f"S{N}")
+        .layers(nn.Linear, fields="standard", layout="interleaved")
+        .layer(net.fc2, "standard", "trivial", layout="interleaved")
+    )
+    _train_equi(quiet_trainer, net, spec, x, "set")
+    assert _set_invariance(net, x) < 1e-5
+
+
+def test_layout_refusals():
+    with pytest.raises(ValueError, match=r"(?s)layout must be one of these names.*interleaved"):
+        SymmetrySpec("S3").layer("fc", "standard", "trivial", layout="element-major")
+    fc = nn.Linear(4, 1)
+    spec = SymmetrySpec("S3").layer(fc, ["standard", "trivial"], "trivial", layout="interleaved")
+    with pytest.raises(ValueError, match=r"interleaves copies of one field type.*layout='fields'"):
+        spec.bind(fc)

@@ -333,8 +333,10 @@ class EquivarianceMonitor(Callback):
             "nonlinearity on fields that are not permutation representations (e.g. ReLU after 'standard' "
             "or 'irrep<k>' fields: use a norm nonlinearity or regular fields), a stride, padding or "
             "pooling that does not commute with the group at this input size (see "
-            "lightning_equi.adapters.grid_lint), a layer the spec marks free, or `inputs`/`outputs` "
-            "actions that do not match the spec's first and last layers."
+            "lightning_equi.adapters.grid_lint), a layer the spec marks free, a dense layer declared with "
+            "fields or a layout that do not match how its input was flattened (x.flatten(1) of a set "
+            "(B, n, d) is layout='interleaved'; the default is x.transpose(1, 2).flatten(1)), or "
+            "`inputs`/`outputs` actions that do not match the spec's first and last layers."
         )
 
     def _functional_error(self, pl_module: LightningModule) -> dict[str, Tensor]:

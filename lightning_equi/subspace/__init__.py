@@ -33,7 +33,14 @@ from lightning_equi.subspace.orbit import OrbitMeanProjector, orbit_ids
 from lightning_equi.subspace.permutation import SymmetricProjector
 from lightning_equi.subspace.projection import ModelProjection, ProjectedTensor
 from lightning_equi.subspace.select import make_projector
-from lightning_equi.subspace.spec import FIELD_NAMES, HasSymmetrySpec, SymmetrySpec, resolve_spec
+from lightning_equi.subspace.spec import (
+    FIELD_NAMES,
+    LAYOUTS,
+    HasSymmetrySpec,
+    SymmetrySpec,
+    interleaved,
+    resolve_spec,
+)
 
 __all__ = [
     "TensorAction",
@@ -50,6 +57,8 @@ __all__ = [
     "ProjectedTensor",
     "HasSymmetrySpec",
     "resolve_spec",
+    "interleaved",
+    "LAYOUTS",
     "FIELD_NAMES",
     "equivariant_init_",
     "pool_batch_statistics",

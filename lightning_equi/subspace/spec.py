@@ -41,7 +41,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from lightning_equi.groups import (
     FIELD_NAMES,
@@ -68,6 +69,8 @@ from lightning_equi.subspace.select import make_projector
 
 __all__ = [
     "SymmetrySpec",
+    "interleaved",
+    "LAYOUTS",
     "HasSymmetrySpec",
     "resolve_spec",
     "FIELD_NAMES",
@@ -105,6 +108,14 @@ class HasSymmetrySpec(Protocol):
 class _Declaration:
     in_fields: Fields | None
     out_fields: Fields | None
+    layout: tuple[str, str] = ("fields", "fields")
+
+
+#: how the coordinates of repeated fields are ordered on a layer's channels (see :meth:`SymmetrySpec.layer`)
+LAYOUTS = {
+    "fields": "field after field (escnn's layout; for a flattened set, x.transpose(1, 2).flatten(1))",
+    "interleaved": "coordinate after coordinate, one entry of every field each (x.flatten(1) of (B, n, d))",
+}
 
 
 class SymmetrySpec:
@@ -139,13 +150,35 @@ class SymmetrySpec:
 
     # ---- declaring --------------------------------------------------------------------------------
 
-    def layer(self, module: Target, in_fields: Fields, out_fields: Fields) -> SymmetrySpec:
+    def layer(
+        self,
+        module: Target,
+        in_fields: Fields,
+        out_fields: Fields,
+        *,
+        layout: str | tuple[str, str] = "fields",
+    ) -> SymmetrySpec:
         """Declare the fields one layer reads (``in_fields``) and writes (``out_fields``).
 
         ``module`` is the module itself or its qualified name (``"encoder.0"``). A field type is
         repeated to fill the channels; a list of fields must add up to them exactly.
+
+        ``layout`` orders the coordinates of repeated fields (one value for both sides, or ``(in,
+        out)``): ``"fields"`` (the default) puts one field after the other, so ``d`` standard fields of
+        S_n are the channel-major flattening ``x.transpose(1, 2).flatten(1)`` of a set ``(B, n, d)``;
+        ``"interleaved"`` puts coordinate ``j`` of every field together, the element-major
+        ``x.flatten(1)`` (each element's ``d`` features side by side).
+
+        Example:
+            >>> fc = nn.Linear(4 * 3, 1)  # reads x.flatten(1) of a set (B, 4, 3)
+            >>> spec = SymmetrySpec("S4").layer(fc, "standard", "trivial", layout="interleaved")
+            >>> x = torch.randn(2, 4, 3)
+            >>> _ = spec.bind(fc).project_parameters_()
+            >>> torch.allclose(fc(x[:, [2, 0, 3, 1]].flatten(1)), fc(x.flatten(1)), atol=1e-6)
+            True
         """
-        self._layers.append((_check_target(module, "layer"), _Declaration(in_fields, out_fields)))
+        decl = _Declaration(in_fields, out_fields, _check_layout(layout))
+        self._layers.append((_check_target(module, "layer"), decl))
         return self
 
     def layers(
@@ -155,10 +188,12 @@ class SymmetrySpec:
         *,
         in_fields: Fields | None = None,
         out_fields: Fields | None = None,
+        layout: str | tuple[str, str] = "fields",
     ) -> SymmetrySpec:
         """Declare every layer of a type (e.g. all hidden ``nn.Conv2d``) not declared by :meth:`layer`.
 
-        ``fields`` sets both sides; ``in_fields``/``out_fields`` override one side.
+        ``fields`` sets both sides; ``in_fields``/``out_fields`` override one side; ``layout`` as in
+        :meth:`layer`.
         """
         kinds = kind if isinstance(kind, tuple) else (kind,)
         for k in kinds:
@@ -170,7 +205,7 @@ class SymmetrySpec:
         )
         if in_f is None and out_f is None:
             raise ValueError("layers() needs fields=..., or in_fields=... and out_fields=...")
-        self._types.append((kinds, _Declaration(in_f, out_f)))
+        self._types.append((kinds, _Declaration(in_f, out_f, _check_layout(layout))))
         return self
 
     def norm(self, module: Target, fields: Fields) -> SymmetrySpec:
@@ -284,6 +319,56 @@ class SymmetrySpec:
             f"SymmetrySpec({self.group.name}, layers={len(self._layers)}, types={len(self._types)}, "
             f"free={len(self._free)}, parameters={len(self._parameters)})"
         )
+
+
+def _check_layout(layout: str | tuple[str, str]) -> tuple[str, str]:
+    pair = (layout, layout) if isinstance(layout, str) else tuple(layout)
+    if len(pair) != 2 or any(side not in LAYOUTS for side in pair):
+        valid = "\n".join(f"  {k:<12} {v}" for k, v in LAYOUTS.items())
+        raise ValueError(
+            f"layout must be one of these names, or an (in, out) pair of them; got {layout!r}:\n{valid}"
+        )
+    return pair
+
+
+def interleaved(rho: Representation, where: str = "fields") -> Representation:
+    """``rho`` (copies of one field) with its coordinates interleaved: coordinate ``j`` of field ``c`` at
+    ``j * copies + c`` instead of ``c * dim + j`` (the element-major flattening of a set ``(B, n, d)``).
+
+    Raises:
+        ValueError: when ``rho`` is not copies of one field type (interleaving would be ambiguous).
+
+    Example:
+        >>> from lightning_equi.groups import get_group, standard
+        >>> S3 = get_group("S3")
+        >>> rho = interleaved(2 * standard(S3))  # two features per element of a set of 3
+        >>> rho.permutation(torch.tensor([[1, 2, 0]])).tolist()  # element i moves to position p[i]
+        [[4, 5, 0, 1, 2, 3]]
+    """
+    fields = rho.summands
+    if len(fields) == 1:
+        return rho
+    if len({(f.name, f.dim) for f in fields}) != 1:
+        raise ValueError(
+            f"{where}: layout='interleaved' interleaves copies of one field type, but the fields are "
+            f"{rho.name}; declare one field type (e.g. 'standard'), or layout='fields'"
+        )
+    copies, size = len(fields), fields[0].dim
+    c, j = torch.arange(copies).repeat_interleave(size), torch.arange(size).repeat(copies)
+    to_new = j * copies + c  # field-after-field coordinate k sits at to_new[k]
+    to_old = torch.argsort(to_new)
+
+    def perm(g: Tensor) -> Tensor:
+        src = rho.permutation(g)
+        return to_new.to(g.device)[src[:, to_old.to(g.device)]]
+
+    def matrices(g: Tensor) -> Tensor:
+        m, old = rho(g), to_old.to(g.device)
+        return m[:, old][:, :, old]
+
+    return Representation(
+        rho.group, rho.dim, f"interleaved({rho.name})", matrices, perm if rho.is_permutation else None
+    )
 
 
 def _check_target(target: Target, method: str) -> Target:
@@ -424,6 +509,11 @@ class _Binder:
         c_in, c_out = layer_channels(module)
         rho_in = self.spec.fields(decl.in_fields, c_in, f"{where} in_fields")
         rho_out = self.spec.fields(decl.out_fields, c_out, f"{where} out_fields")
+        in_layout, out_layout = decl.layout
+        if in_layout == "interleaved":
+            rho_in = interleaved(rho_in, f"{where} in_fields")
+        if out_layout == "interleaved":
+            rho_out = interleaved(rho_out, f"{where} out_fields")
         return rho_in, rho_out
 
     def _norm_fields(
