@@ -282,6 +282,9 @@ def test_projection_rejects_a_spec_that_does_not_fit(tmp_path, monkeypatch):
     monkeypatch.setattr(
         type(bound), "project_parameters_", lambda self: None
     )  # a projector that does nothing
+    monkeypatch.setattr(
+        "lightning_equi.callbacks.equivariant_projection.initialize_in_E_", lambda *a, **k: []
+    )  # and an initialisation that does nothing
     with pytest.raises(RuntimeError, match="not in the equivariant subspace after projection.*net\\."):
         _trainer(tmp_path, [projection], max_steps=1).fit(model)
 

@@ -8,13 +8,16 @@ every gradient onto E before the optimizer step, so training is gradient descent
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Literal
 
 import torch
+from lightning.fabric.utilities.apply_func import apply_to_collection, move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
@@ -24,13 +27,16 @@ from lightning_equi.subspace import (
     ModelProjection,
     PooledBatchNorms,
     SymmetrySpec,
+    initialize_in_E_,
     pool_batch_statistics,
+    recompute_running_statistics,
     resolve_spec,
 )
 
 __all__ = ["EquivariantProjection"]
 
 _REPROJECT = ("auto", True, False)
+_INIT = ("rescale", "project")
 _SHARDED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
 
@@ -39,9 +45,10 @@ class EquivariantProjection(Callback):
 
     * At fit start the symmetry spec is bound to the model
       (:func:`~lightning_equi.subspace.spec.resolve_spec`: the ``spec`` argument, else the model's
-      ``symmetry_spec()`` method), the weights and running statistics are projected onto E (an
-      equivariant initialisation: drawn as usual, then projected) and the model is checked to be in E.
-      When resuming from a checkpoint written with this callback, the restored weights are only checked.
+      ``symmetry_spec()`` method), the weights and running statistics are brought into E (``init``: an
+      equivariant initialisation, drawn as usual, then projected and by default rescaled to keep each
+      layer's scale) and the model is checked to be in E. Tensors already in E are left bit for bit;
+      when resuming from a checkpoint written with this callback, the restored weights are only checked.
     * In ``on_before_optimizer_step`` every gradient is projected onto E. Lightning calls this hook
       once per optimizer step: after gradient accumulation, after the AMP scaler unscaled the
       gradients and DDP averaged them, before gradient clipping.
@@ -55,6 +62,10 @@ class EquivariantProjection(Callback):
       fit runs: per-channel statistics of data that is not symmetric differ inside a field, which
       makes the layer non-equivariant in training mode and the trained network differ from the one
       evaluated with running statistics. The layers get their own forward back when the fit ends.
+    * Their running statistics are recomputed at the current weights (``recalibrate_bn``) before each
+      validation of the fit and when training ends, from the inputs of the model's last training
+      forwards: the moving average lags behind weights that still move, and an invariant head turns
+      that lag into a shift of every logit (see :mod:`lightning_equi.subspace.batchnorm`).
 
     Args:
         spec: the :class:`~lightning_equi.subspace.SymmetrySpec` of the model, or a ready
@@ -65,7 +76,21 @@ class EquivariantProjection(Callback):
             plain SGD (momentum and Nesterov allowed, no weight decay), every projector says it is
             ``orbit_constant`` and clipping is not by value (then the projected gradient keeps the
             weights in E bit for bit); the rule is :meth:`needs_reprojection`. ``True`` always;
-            ``False`` never (running statistics are projected in every case).
+            ``False`` never (running statistics are projected in every case). A tensor that the step
+            left in E to rounding is not rewritten
+            (:meth:`~lightning_equi.subspace.Projector.project_unless_in_E_`), so re-projection never
+            moves a weight by rounding alone.
+        init: how the weights enter E at fit start. ``"rescale"`` (default): project, then rescale each
+            tensor to its norm before projection, a variance-preserving start for a freshly initialised
+            model (projection alone keeps ``dim E / dim L`` of a random weight's energy: half the norm
+            of a regular C4 convolution). ``"project"``: the plain orthogonal projection, the paper's
+            protocol and the choice for pretrained weights (the nearest equivariant model; rescaling
+            would inflate it). See :mod:`lightning_equi.subspace.initialization`.
+        recalibrate_bn: how many of the last training forwards (their inputs, kept by the callback and
+            in its checkpoint state) recompute the pooled BatchNorm running statistics at the current
+            weights before each validation and at the end of training; ``0`` keeps the moving averages.
+            It needs ``pool_batch_stats`` and a ``training_step`` that calls the module itself
+            (``self(x)``); without such calls it warns once.
         check_atol: the largest distance to E, per parameter, accepted by the check at fit start.
         pool_batch_stats: pool BatchNorm batch statistics over each field (see above); ``False``
             keeps each layer's per-channel statistics.
@@ -92,6 +117,8 @@ class EquivariantProjection(Callback):
         check_atol: float = 1e-5,
         pool_batch_stats: bool = True,
         verbose: bool = False,
+        init: Literal["rescale", "project"] = "rescale",
+        recalibrate_bn: int = 4,
     ) -> None:
         if not (reproject_weights == "auto" or isinstance(reproject_weights, bool)):
             raise MisconfigurationException(
@@ -109,8 +136,29 @@ class EquivariantProjection(Callback):
         self.reproject_weights = reproject_weights
         if not isinstance(pool_batch_stats, bool):
             raise MisconfigurationException(f"`pool_batch_stats` must be a bool, got {pool_batch_stats!r}")
+        if init not in _INIT:
+            raise MisconfigurationException(
+                f"`init` must be one of {_INIT} ('rescale': a fresh model, 'project': pretrained weights or "
+                f"the paper's protocol), got {init!r}"
+            )
+        if not isinstance(recalibrate_bn, int) or isinstance(recalibrate_bn, bool) or recalibrate_bn < 0:
+            raise MisconfigurationException(
+                f"`recalibrate_bn` must be an int >= 0 (a number of batches; 0 keeps the moving averages), "
+                f"got {recalibrate_bn!r}"
+            )
         self.check_atol = float(check_atol)
         self.pool_batch_stats = pool_batch_stats
+        self.init = init
+        self.recalibrate_bn = recalibrate_bn
+        # (args, kwargs) of the module's last training forwards, to recompute the statistics from
+        self._inputs: deque[tuple[tuple, dict[str, Any]]] = deque(maxlen=max(recalibrate_bn, 1))
+        self._recording: RemovableHandle | None = None
+        self._recalibrating = False
+        self._calibrated_step: int | None = None
+        self._warned_no_inputs = False
+        # the moving averages replaced by the recalibration at the end of training, so
+        # that a run resumed from that point continues them as an uninterrupted run would
+        self._averages: dict[str, Tensor] = {}
         self.verbose = verbose
         self._pooled: PooledBatchNorms | None = None
         self._projection: ModelProjection | None = None
@@ -154,7 +202,15 @@ class EquivariantProjection(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         projection = self.resolve(pl_module)
         if not self._restored:  # a resumed run keeps its restored weights bit for bit
-            projection.project_parameters_()
+            initialize_in_E_(projection, preserve_norm=self.init == "rescale")
+        elif self._averages:  # written by a fit that ended here (cleared when a fit starts)
+            # resumed where a fit ended: training goes on from the moving averages, not the recalibration
+            tensors = {e.name: e.tensor for e in projection.entries if e.is_buffer}
+            with torch.no_grad():
+                for name, value in self._averages.items():
+                    if name in tensors:
+                        tensors[name].copy_(value)
+        self._averages = {}
         self._initialized, self._restored = True, False
         self._check_in_subspace(projection)
         if self.reproject_weights == "auto":
@@ -169,6 +225,9 @@ class EquivariantProjection(Callback):
         self._handles = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
         if self.pool_batch_stats:
             self._pooled = pool_batch_statistics(projection)
+            if self.recalibrate_bn and self._pooled.layers:
+                self._recording = pl_module.register_forward_pre_hook(self._record, with_kwargs=True)
+        self._calibrated_step = None
 
     @override
     def on_before_optimizer_step(
@@ -177,8 +236,65 @@ class EquivariantProjection(Callback):
         self.resolve(pl_module).project_gradients_()
 
     @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.training or trainer.state.fn == "fit":  # not the sanity check, not validate()
+            if not trainer.sanity_checking:
+                self.recalibrate(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        projection = self._projection
+        averages = (
+            {}
+            if projection is None
+            else {e.name: e.tensor.clone() for e in projection.entries if e.is_buffer}
+        )
+        if self.recalibrate(trainer, pl_module):
+            self._averages = averages
+
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._remove_hooks()
+
+    def recalibrate(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        """Recompute the pooled BatchNorm running statistics at the current weights from the inputs of
+        the last ``recalibrate_bn`` training forwards (once per optimizer step; see the class); return
+        whether they were recomputed."""
+        if self._pooled is None or not self.recalibrate_bn or not self._pooled.layers:
+            return False
+        if self._calibrated_step == trainer.global_step:  # the weights have not moved since
+            return False
+        if not self._inputs:
+            if not self._warned_no_inputs and trainer.global_step > 0:
+                self._warned_no_inputs = True
+                rank_zero_warn(
+                    f"EquivariantProjection(recalibrate_bn={self.recalibrate_bn}): no training forward of "
+                    f"{type(pl_module).__name__} itself was seen, so the BatchNorm running statistics of "
+                    f"{self._pooled.layers} were not recomputed at the current weights and lag behind them. "
+                    "Call the module (`self(x)`) in training_step, or pass recalibrate_bn=0 to keep the "
+                    "moving averages knowingly."
+                )
+            return False
+        inputs = [move_data_to_device(item, pl_module.device) for item in self._inputs]
+        self._recalibrating = True
+        try:
+            recompute_running_statistics(list(self._pooled.installed.values()), pl_module, inputs)
+        finally:
+            self._recalibrating = False
+        if self._projection is not None:
+            self._projection.project_buffers_()
+        self._calibrated_step = trainer.global_step
+        return True
+
+    def _record(self, module: LightningModule, args: tuple, kwargs: dict[str, Any]) -> None:
+        # a strategy that wraps the module (DDP) calls it with training_step's arguments through a
+        # forward redirected on the instance: only the module's own forward is replayed
+        redirected = "forward" in module.__dict__
+        if module.training and torch.is_grad_enabled() and not self._recalibrating and not redirected:
+            detach = lambda t: t.detach()  # noqa: E731
+            self._inputs.append(
+                (apply_to_collection(args, Tensor, detach), apply_to_collection(kwargs, Tensor, detach))
+            )
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -188,18 +304,19 @@ class EquivariantProjection(Callback):
         projection = self._projection
         if projection is None:
             return
-        if self._reproject:
-            projection.project_parameters_()
-            return
-        with torch.no_grad():
-            for entry in projection.entries:
-                if entry.is_buffer:
-                    entry.projector.project_(entry.tensor)
+        # a tensor the step left in E to rounding is not rewritten: re-projecting it would only add
+        # rounding (an ulp per step for an FFT projector), compounding over a run
+        for entry in projection.entries:
+            if self._reproject or entry.is_buffer:
+                entry.projector.project_unless_in_E_(entry.tensor)
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._recording is not None:
+            self._recording.remove()
+            self._recording = None
         if self._pooled is not None:
             self._pooled.remove()
             self._pooled = None
@@ -233,11 +350,20 @@ class EquivariantProjection(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"initialized": self._initialized}
+        # the recorded inputs travel with the checkpoint, so that a resumed run recomputes the same
+        # statistics as an uninterrupted one
+        return {
+            "initialized": self._initialized,
+            "bn_inputs": list(self._inputs),
+            "bn_averages": self._averages,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = bool(state_dict.get("initialized", False))
+        self._inputs.clear()
+        self._inputs.extend(state_dict.get("bn_inputs", []))
+        self._averages = dict(state_dict.get("bn_averages") or {})
 
 
 def _check_projection_belongs(projection: ModelProjection, pl_module: LightningModule) -> None:

@@ -97,6 +97,10 @@ def mode_callbacks(config: dict, mode: str, model: SymmetricTask, seed: int) -> 
         orbit = bool(config["orbit"])
         copies = 1 if orbit or _passes_as_data(config, mode, model) > 1 else int(config["aug_passes"])
         options.update(copies=copies, orbit=orbit)
+    if mode == "equi":
+        # the paper's protocol: A0 = Pi_E A (the runner projects it beforehand; the callback keeps it)
+        # and the moving averages of any running statistics, as the paper evaluated them
+        options.update(init="project", recalibrate_bn=0)
     return build_callbacks(
         mode, spec=model.symmetry_spec(), inputs=inputs, targets=targets, monitor=True, model=model, **options
     )

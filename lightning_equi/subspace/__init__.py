@@ -18,7 +18,11 @@ Pure torch: nothing here imports Lightning, and escnn is only ever imported lazi
 
 from lightning_equi.subspace.base import Projector, TensorAction, group_average
 from lightning_equi.subspace.basis import BasisProjector
-from lightning_equi.subspace.batchnorm import PooledBatchNorms, pool_batch_statistics
+from lightning_equi.subspace.batchnorm import (
+    PooledBatchNorms,
+    pool_batch_statistics,
+    recompute_running_statistics,
+)
 from lightning_equi.subspace.distance import (
     layer_distances,
     relative_distance,
@@ -28,7 +32,7 @@ from lightning_equi.subspace.distance import (
     total_distance,
 )
 from lightning_equi.subspace.fourier import FourierProjector
-from lightning_equi.subspace.initialization import equivariant_init_
+from lightning_equi.subspace.initialization import equivariant_init_, initialize_in_E_
 from lightning_equi.subspace.orbit import OrbitMeanProjector, orbit_ids
 from lightning_equi.subspace.permutation import SymmetricProjector
 from lightning_equi.subspace.projection import ModelProjection, ProjectedTensor
@@ -61,6 +65,8 @@ __all__ = [
     "LAYOUTS",
     "FIELD_NAMES",
     "equivariant_init_",
+    "initialize_in_E_",
+    "recompute_running_statistics",
     "pool_batch_statistics",
     "PooledBatchNorms",
     "tensor_distance",

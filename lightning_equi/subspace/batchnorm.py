@@ -10,9 +10,20 @@ sample, and the running statistics they feed are in E at every step.
 
 :func:`pool_batch_statistics` installs the pooled forward on every BatchNorm layer of a bound
 :class:`~lightning_equi.subspace.projection.ModelProjection` and returns a handle that restores the layers.
+
+Running statistics are a moving average of batch statistics taken at *past* weights. When the
+weights still move fast (a large step against their norm, as after a plain projection of the
+initial weights, which halves a regular C4 layer) the average lags behind them, and an invariant
+head, which sums each field, turns the lag of a field's mean into one shift of every logit: the
+network evaluated is then not the one trained (on 8x8 digits, C4, Adam 1e-2, 64 steps: 0.16 held-out
+accuracy in evaluation mode against 0.49 with statistics recomputed at the final weights).
+:func:`recompute_running_statistics` recomputes them at the current weights from a few batches.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,7 +33,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from lightning_equi.subspace.base import Projector
 from lightning_equi.subspace.orbit import OrbitMeanProjector
 
-__all__ = ["PooledBatchNormForward", "PooledBatchNorms", "channel_orbits", "pool_batch_statistics"]
+__all__ = [
+    "PooledBatchNormForward",
+    "PooledBatchNorms",
+    "channel_orbits",
+    "pool_batch_statistics",
+    "recompute_running_statistics",
+]
 
 
 def channel_orbits(projector: Projector) -> Tensor:
@@ -224,3 +241,52 @@ def pool_batch_statistics(projection) -> PooledBatchNorms:
         module.forward = PooledBatchNormForward(module, channel_orbits(entry.projector))
         installed[entry.layer] = module
     return PooledBatchNorms(installed)
+
+
+@torch.no_grad()
+def recompute_running_statistics(
+    layers: Sequence[_BatchNorm], model: nn.Module, inputs: Sequence[tuple[tuple, dict[str, Any]]]
+) -> None:
+    """Recompute the running statistics of ``layers`` at the model's current weights.
+
+    Each layer's statistics are reset and replaced by the cumulative average of its batch statistics
+    over the forwards ``model(*args, **kwargs)`` for ``(args, kwargs)`` in ``inputs``, in training mode
+    (the statistics the moving average estimates, without its lag), as
+    ``torch.optim.swa_utils.update_bn`` does. Nothing else changes: other BatchNorm layers keep their
+    buffers, every module its training flag and momentum, and the random number generators their state.
+
+    Example:
+        >>> from lightning_equi.subspace import SymmetrySpec
+        >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8))
+        >>> pooled = pool_batch_statistics(SymmetrySpec("C4").layer("0", "trivial", "regular").bind(net))
+        >>> x = torch.randn(16, 1, 6, 6)
+        >>> recompute_running_statistics([net[1]], net, [((x[:8],), {}), ((x[8:],), {})])
+        >>> ref = net[0](x).transpose(0, 1).reshape(2, 4, -1).reshape(2, -1)  # each field's 4 channels
+        >>> torch.allclose(net[1].running_mean[::4], ref.mean(1), atol=1e-6)
+        True
+        >>> pooled.remove()
+    """
+    if not inputs or not layers:
+        return
+    chosen = {id(m) for m in layers}
+    others = [m for m in model.modules() if isinstance(m, _BatchNorm) and id(m) not in chosen]
+    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in others]
+    flags = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in layers]
+    devices = sorted({b.device.index for b in model.buffers() if b.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices):  # dropout in training mode draws numbers
+            for m in layers:
+                m.reset_running_stats()
+                m.momentum = None  # the cumulative average over the batches below
+            model.train()
+            for args, kwargs in inputs:
+                model(*args, **kwargs)
+    finally:
+        for m, momentum in momenta:
+            m.momentum = momentum
+        for m, buffers in zip(others, saved, strict=True):
+            for name, value in buffers.items():
+                getattr(m, name).copy_(value)
+        for m, flag in flags:
+            m.training = flag

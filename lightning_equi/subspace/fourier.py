@@ -130,9 +130,23 @@ class FourierProjector(Projector):
     def _grid_axes(self, first: int) -> list[int]:
         return [first + d for d in self.dims]
 
+    @property
+    def identity_on_E(self) -> bool:
+        """``"reindex"`` and biases average each class relative to one of its entries (a tensor already
+        in E is returned bit for bit); ``"fft"`` rounds."""
+        return self.orbit_constant
+
+    def _class_mean(self, v: Tensor, axes: list[int]) -> Tensor:
+        """Mean over ``axes`` (keepdim) as ``r + mean(v - r)``, ``r`` the entry at index 0 of those axes:
+        exact when ``v`` is already constant along them (see ``OrbitMeanProjector._orbit_means``)."""
+        ref = v
+        for axis in axes:
+            ref = ref.narrow(axis, 0, 1)
+        return (v - ref).sum(dim=axes, keepdim=True).div_(self.orbit_size).add_(ref)
+
     def _project_bias(self, w: Tensor) -> Tensor:
         v = w.reshape(self.out_channels, *self.grid)
-        return v.mean(dim=self._grid_axes(1), keepdim=True).expand_as(v).reshape(self.shape)
+        return self._class_mean(v, self._grid_axes(1)).expand_as(v).reshape(self.shape)
 
     def _indices(self, device) -> tuple[Tensor, Tensor]:
         """Gather indices ``(*grid, P)`` along the input position: skew and unskew.
@@ -159,7 +173,7 @@ class FourierProjector(Projector):
         v = w.reshape(full)
         view = (1, *self.grid, 1, P)
         diag = torch.gather(v, -1, skew.reshape(view).expand(full))  # [co, p, ci, j] = w[co, p, ci, p - j]
-        mean = diag.sum(dim=self._grid_axes(1), keepdim=True) / self.orbit_size
+        mean = self._class_mean(diag, self._grid_axes(1))
         out = torch.gather(mean.expand(full), -1, unskew.reshape(view).expand(full))
         return out.reshape(self.shape)
 

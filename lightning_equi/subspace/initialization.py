@@ -1,14 +1,25 @@
-"""Equivariant initialisation: draw the weights as usual, then project them onto E.
+"""Equivariant initialisation: draw the weights as usual, then bring them into E.
 
-This is the paper's recipe for the *equi* mode (section 5): the module's own initialiser (Kaiming
-uniform for ``nn.Linear`` and ``nn.Conv2d``) draws ``A``, and training starts from ``Pi_E A``.
+Projecting a freshly drawn weight keeps only part of it: averaging ``k`` i.i.d. entries of an orbit
+divides their variance by ``k``, so ``||Pi_E A|| ~ ||A|| sqrt(dim E / dim L)`` -- half the norm for a
+regular C4 convolution, a factor 0.04 for an S_10 pairs layer -- and the activations of a deep
+network shrink layer after layer (dead ReLUs), while an optimizer's step (Adam's is about ``lr`` per
+entry, whatever the scale) becomes large against the weights it moves. Two ways to start in E:
 
-Projection shrinks a weight: averaging ``k`` i.i.d. entries of an orbit divides their variance by
-``k``, so ``||Pi_E A|| ~ ||A|| / sqrt(orbit size)`` and the activations of a deep network shrink
-layer after layer. ``preserve_norm=True`` rescales each projected tensor back to the norm it had
-before projection, which keeps ``E ||A x||^2 = ||A||^2 E ||x||^2`` (the quantity the usual
-initialisers are designed to preserve) for i.i.d. inputs. It is off by default so that ``A0`` is
-exactly the paper's ``Pi_E A`` and the three modes can start from the same point.
+* ``preserve_norm=True`` (``EquivariantProjection(init="rescale")``, the callback's default):
+  project, then rescale each tensor to the norm it had before projection. The usual initialisers
+  are designed to keep ``E ||A x||^2 = ||A||^2 E ||x||^2 / n`` for i.i.d. inputs (He/Kaiming, per
+  layer); the rescaled projection keeps ``||A||``, so it keeps that variance, layer by layer (as
+  escnn's generalised He initialisation does for its bases). For a freshly initialised model.
+* ``preserve_norm=False`` (``init="project"``): the orthogonal projection ``Pi_E A``, the paper's
+  protocol (section 5: the module's own initialiser draws ``A``, training starts from ``Pi_E A``),
+  and the right choice for **pretrained** weights that are symmetrised rather than freshly drawn:
+  ``Pi_E A`` is the equivariant model closest to them, and rescaling would inflate every layer by
+  ``||A|| / ||Pi_E A||``.
+
+Either way a tensor that is already in E (to rounding, :meth:`Projector.project_unless_in_E_`) is left
+bit for bit: a model initialised in E beforehand (the three modes started from one state, a
+checkpoint) keeps its weights, and running statistics are projected, never rescaled.
 """
 
 from __future__ import annotations
@@ -19,7 +30,29 @@ from torch import nn
 from lightning_equi.subspace.projection import ModelProjection
 from lightning_equi.subspace.spec import SymmetrySpec, resolve_spec
 
-__all__ = ["equivariant_init_"]
+__all__ = ["equivariant_init_", "initialize_in_E_"]
+
+
+@torch.no_grad()
+def initialize_in_E_(projection: ModelProjection, preserve_norm: bool = False) -> list[str]:
+    """Bring every tensor of a bound ``projection`` into E, in place; return the names that changed.
+
+    Tensors already in E (to rounding) are left bit for bit; the others are projected and, with
+    ``preserve_norm`` (parameters only), rescaled to their norm before projection (a tensor whose
+    projection is zero stays zero).
+    """
+    changed = []
+    for entry in projection.entries:
+        tensor = entry.tensor
+        norm = tensor.detach().double().norm() if preserve_norm and not entry.is_buffer else None
+        if not entry.projector.project_unless_in_E_(tensor):
+            continue
+        changed.append(entry.name)
+        if norm is not None:
+            projected = tensor.detach().double().norm()
+            if projected > 0:
+                tensor.mul_((norm / projected).to(tensor.dtype))
+    return changed
 
 
 @torch.no_grad()
@@ -32,10 +65,12 @@ def equivariant_init_(
     """Project every constrained parameter (and running statistic) of ``model`` onto E, in place.
 
     Args:
-        model: the model, with its parameters drawn by its own initialisers.
+        model: the model, with its parameters drawn by its own initialisers (or pretrained).
         spec: its symmetry; ``None`` uses ``model.symmetry_spec()``.
-        preserve_norm: rescale each projected parameter to its norm before projection (tensors whose
-            projection is zero stay zero; running statistics are never rescaled).
+        preserve_norm: rescale each projected parameter to its norm before projection, for a
+            variance-preserving start (see the module docstring; ``EquivariantProjection``'s default
+            ``init="rescale"``); ``False`` is the plain projection (the paper's protocol, and pretrained
+            weights). Tensors already in E are left unchanged either way.
 
     Returns:
         The bound :class:`~lightning_equi.subspace.projection.ModelProjection`, to reuse during training.
@@ -49,12 +84,5 @@ def equivariant_init_(
         (True, 1.0)
     """
     projection = resolve_spec(model, spec)
-    for entry in projection.entries:
-        tensor = entry.tensor
-        norm = tensor.norm() if preserve_norm and not entry.is_buffer else None
-        entry.projector.project_(tensor)
-        if norm is not None:
-            projected = tensor.norm()
-            if projected > 0:
-                tensor.mul_(norm / projected)
+    initialize_in_E_(projection, preserve_norm)
     return projection

@@ -224,6 +224,7 @@ class OrbitMeanProjector(Projector):
 
     kind = "orbit-mean"
     orbit_constant = True  # every entry of an orbit is gathered from the same mean
+    identity_on_E = True  # a tensor already in E comes back bit for bit (see _orbit_means)
 
     def __init__(self, action: TensorAction) -> None:
         super().__init__(action.shape)
@@ -231,27 +232,41 @@ class OrbitMeanProjector(Projector):
         self.ids, sizes = _orbits(action)
         self._dim = int(sizes.numel())
         self.inv_sizes = 1.0 / sizes.double()
-        self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        # the smallest index of each orbit (orbits are numbered by it): the reference of its mean
+        n = self.ids.numel()
+        self.first = torch.full((self._dim,), n, dtype=torch.long).scatter_reduce_(
+            0, self.ids, torch.arange(n), reduce="amin"
+        )
+        self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = {}
 
     @property
     def dim(self) -> int:
         return self._dim
 
-    def _buffers(self, w: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
+    def _buffers(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor, torch.dtype]:
         # accumulate half precision in float32: an orbit may hold thousands of entries
         acc = torch.promote_types(w.dtype, torch.float32)
         key = (w.device, acc)
         if key not in self._cache:
-            self._cache[key] = (self.ids.to(w.device), self.inv_sizes.to(device=w.device, dtype=acc))
-        ids, inv = self._cache[key]
-        return ids, inv, acc
+            self._cache[key] = (
+                self.ids.to(w.device),
+                self.first.to(w.device),
+                self.inv_sizes.to(device=w.device, dtype=acc),
+            )
+        ids, first, inv = self._cache[key]
+        return ids, first, inv, acc
 
     def _orbit_means(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean of each orbit, as ``r + mean(w - r)`` with ``r`` the orbit's first entry: a tensor
+        already constant on an orbit sums exact zeros there, so its mean is ``r`` bit for bit (a plain
+        sum of ``k`` equal floats divided by ``k`` can miss by an ulp), and the centred sums round less."""
         self.check_shape(w)
-        ids, inv, acc = self._buffers(w)
+        ids, first, inv, acc = self._buffers(w)
+        flat = w.reshape(-1)
+        ref = flat.index_select(0, first).to(acc)  # the orbit's first entry
         sums = torch.zeros(self._dim, dtype=acc, device=w.device)
-        sums.scatter_add_(0, ids, w.reshape(-1).to(acc))  # faster than index_add_ on CPU
-        return sums.mul_(inv).to(w.dtype), ids
+        sums.scatter_add_(0, ids, flat.to(acc) - ref.index_select(0, ids))  # faster than index_add_ on CPU
+        return sums.mul_(inv).add_(ref).to(w.dtype), ids
 
     def project(self, w: Tensor) -> Tensor:
         with torch.no_grad():
