@@ -26,7 +26,7 @@ from escnn import nn as enn  # noqa: E402
 from lightning_equi.adapters import escnn_spec, to_dense, to_escnn  # noqa: E402
 from lightning_equi.adapters.dense_layers import DenseR2Conv  # noqa: E402
 from lightning_equi.adapters.escnn_lint import GridLintWarning, grid_lint  # noqa: E402
-from lightning_equi.callbacks import build_callbacks  # noqa: E402
+from lightning_equi.callbacks import EquivarianceMonitor, build_callbacks  # noqa: E402
 from lightning_equi.testing import assert_equivariant  # noqa: E402
 
 pytestmark = pytest.mark.escnn
@@ -123,6 +123,55 @@ class C4UNet(enn.EquivariantModule):
         return input_shape[:1] + (1,) + input_shape[2:]
 
 
+class WideBasic(enn.EquivariantModule):
+    """escnn's e2wrn block: bn - relu - conv - bn - relu - conv, plus the input (or its 1x1 conv)."""
+
+    def __init__(self, in_type, out_type) -> None:
+        super().__init__()
+        self.in_type, self.out_type = in_type, out_type
+        inner = out_type
+        self.bn1, self.relu1 = enn.InnerBatchNorm(in_type), enn.ReLU(in_type)
+        self.conv1 = enn.R2Conv(in_type, inner, 3, padding=1)
+        self.bn2, self.relu2 = enn.InnerBatchNorm(inner), enn.ReLU(inner)
+        self.conv2 = enn.R2Conv(inner, out_type, 3, padding=1)
+        self.shortcut = None if in_type == out_type else enn.R2Conv(in_type, out_type, 1)
+
+    def forward(self, x):
+        out = self.conv1(self.relu1(self.bn1(x)))
+        out = self.conv2(self.relu2(self.bn2(out)))
+        return out + (x if self.shortcut is None else self.shortcut(x))
+
+    def evaluate_output_shape(self, input_shape):
+        return input_shape[:1] + (self.out_type.size,) + input_shape[2:]
+
+
+class E2WRNStyle(nn.Module):
+    """escnn's e2wrn pattern: D4 residual blocks, a restriction to C4 halfway (RestrictionModule and
+    DisentangleModule), C4 residual blocks, group pooling, a torch head; plain tensor in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gs = gspaces.flipRot2dOnR2(4)
+        self.in_type = t0 = enn.FieldType(gs, [gs.trivial_repr])
+        t1 = enn.FieldType(gs, [gs.regular_repr])
+        self.conv1 = enn.R2Conv(t0, t1, 3, padding=1)
+        self.block1 = WideBasic(t1, t1)
+        restrict = enn.RestrictionModule(t1, (None, 4))
+        self.restrict = enn.SequentialModule(restrict, enn.DisentangleModule(restrict.out_type))
+        c4 = self.restrict.out_type.gspace
+        u1 = enn.FieldType(c4, 2 * [c4.regular_repr])
+        self.block2 = enn.SequentialModule(
+            enn.R2Conv(self.restrict.out_type, u1, 3, padding=1), enn.ReLU(u1), WideBasic(u1, u1)
+        )
+        self.pool = enn.GroupPooling(u1)
+        self.head = nn.Linear(2, 2)
+
+    def forward(self, x):
+        h = self.block1(self.conv1(enn.GeometricTensor(x, self.in_type)))
+        h = self.pool(self.block2(self.restrict(h)))
+        return self.head(h.tensor.mean(dim=(2, 3)))
+
+
 def _inputs(shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -160,11 +209,17 @@ class _Lit(L.LightningModule):
         return DataLoader(TensorDataset(self.x, self.y), batch_size=4)
 
 
-def _fit(lit: _Lit, mode: str, quiet_trainer, steps: int = 3, **kwargs):
-    callbacks = build_callbacks(mode, model=lit, inputs="image", every_n_steps=1, probe_size=2, **kwargs)
+def _fit(lit: _Lit, mode: str, quiet_trainer, steps: int = 3, inputs="image", **kwargs):
+    callbacks = build_callbacks(mode, model=lit, inputs=inputs, every_n_steps=1, probe_size=2, **kwargs)
     trainer = quiet_trainer(callbacks, max_steps=steps)
     trainer.fit(lit)
     return trainer
+
+
+def _monitored(trainer) -> dict[str, float]:
+    """The monitor's last logged values."""
+    (monitor,) = [cb for cb in trainer.callbacks if isinstance(cb, EquivarianceMonitor)]
+    return monitor.history[-1]
 
 
 # ---- 1. every escnn module converts or is kept ----------------------------------------------------------
@@ -188,6 +243,12 @@ def test_c8_tutorial_model_converts_keeps_its_modules_and_trains_in_E(quiet_trai
     # exactly C8-equivariant on the quarter turns (C8's 45-degree turns interpolate the image)
     out = assert_equivariant(dense, x, "C8", elements=torch.tensor([0, 2, 4, 6]))
     assert float(out["max"]) < 1e-4
+    # the monitor splits the error: quarter turns exact, 45-degree turns interpolated
+    logged = _monitored(trainer)
+    assert logged["equi/functional_error_exact"] < 1e-4 < logged["equi/functional_error_inexact"]
+    # aug runs on the same model (rotated copies of the images, interpolated)
+    aug = _Lit(to_dense(model, invariant=["fully_net"])[0], x, 3)
+    assert _monitored(_fit(aug, "aug", quiet_trainer))["equi/functional_error_inexact"] > 0
 
 
 def test_so2_irreps_model_keeps_gated_norm_and_iid_batchnorm_free():
@@ -296,14 +357,19 @@ def test_the_refusal_names_every_module_it_cannot_handle():
 _NULL_OF_A_MATRIX = "import numpy as np; numerical.null(np.asmatrix(np.eye(3)[:2]), False)\n"
 
 
-def test_import_lightning_equi_after_escnn_patches_escnn_numerics():
-    code = (
-        "import escnn.group._numerical as numerical\n"
-        "import lightning_equi  # after escnn: patched at once\n"
-        "assert numerical.randomized_svd is None, 'import lightning_equi did not patch a loaded escnn'\n"
-        + _NULL_OF_A_MATRIX
-    )
-    subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
+def test_import_lightning_equi_after_escnn_patches_the_loaded_escnn(monkeypatch):
+    """escnn imported first (it is, in this process): arming the fix patches the loaded module at once."""
+    import escnn.group._numerical as numerical
+    import numpy as np
+
+    from lightning_equi import _escnn_numerics
+
+    randomized_svd = pytest.importorskip("sklearn.utils.extmath").randomized_svd
+
+    monkeypatch.setattr(numerical, "randomized_svd", randomized_svd)  # as escnn leaves it
+    _escnn_numerics.install()  # what `import lightning_equi` runs
+    assert numerical.randomized_svd is None
+    assert numerical.null(np.asmatrix(np.eye(3)[:2]), False).shape[0] == 3  # no TypeError
 
 
 def test_import_lightning_equi_before_escnn_patches_escnn_numerics_on_its_import():
@@ -412,3 +478,62 @@ def test_the_transposed_projector_is_the_group_average_of_the_transposed_weight(
     msgs = grid_lint(C4UNet(output_padding=1), (10, 10), warn=False)  # 10 -> 5 -> 10
     assert [m.split(" (")[0] for m in msgs] == ["layer 'down.0'", "layer 'up'"]
     assert "(R2ConvTransposed, kernel 3, stride 2, padding 1, output_padding 1)" in msgs[1]
+
+
+# ---- 2. two groups in one model ----------------------------------------------------------------------
+
+
+def test_e2wrn_style_model_restricting_d4_to_c4_is_projected_per_group(quiet_trainer):
+    model = E2WRNStyle()
+    x = _inputs((4, 1, 9, 9))
+    dense, projection = to_dense(model, invariant=["head"])
+    torch.testing.assert_close(_eval_outputs(dense, x), _eval_outputs(model, x), atol=1e-5, rtol=1e-5)
+    assert projection.group.name == "C4"  # the whole model: the subgroup the restriction ends in
+    assert projection.layer_groups == {
+        "conv1": "D4",
+        "block1.conv1": "D4",
+        "block1.conv2": "D4",
+        "block2.0": "C4",
+        "block2.2.conv1": "C4",
+        "block2.2.conv2": "C4",
+    }
+    assert "D4 -> C4" in projection.summary()
+    lit = _Lit(dense.train(), x, 2)
+    assert _fit(lit, "equi", quiet_trainer).global_step == 3
+    assert float(lit.symmetry_spec().relative_total_distance()) < 1e-6
+    assert float(assert_equivariant(dense, x, "C4")["max"]) < 1e-4
+    # the D4 part is projected with D4's projectors: it stays D4-equivariant, mirrors included
+    # (independent reference: escnn's own transform of the input and of the feature map)
+    dense.eval()
+    gx = model.in_type(x)
+    with torch.no_grad():
+        for g in model.in_type.gspace.fibergroup.elements:
+            f = lambda t: dense.block1(dense.conv1(t))  # noqa: E731
+            torch.testing.assert_close(
+                f(gx.transform(g)).tensor, f(gx).transform(g).tensor, atol=1e-5, rtol=1e-4
+            )
+    assert grid_lint(dense, (9, 9), warn=False) == []
+    with pytest.raises(ValueError, match="not in span"):
+        to_escnn(dense)  # trained in the grid E of each group, larger than escnn's basis span
+    # trained in escnn's basis span instead, the model goes back to escnn as the same function
+    dense_b, projection_b = to_dense(model, subspace="basis", invariant=["head"])
+    with torch.no_grad():
+        for p in dense_b.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    projection_b.project_parameters_()
+    back = to_escnn(dense_b)
+    assert type(back.restrict[0]) is enn.RestrictionModule and type(back.block2[0]) is enn.R2Conv
+    torch.testing.assert_close(_eval_outputs(back, x), _eval_outputs(dense_b, x), atol=1e-5, rtol=1e-4)
+
+
+def test_two_groups_without_a_restriction_are_refused_naming_the_layers():
+    c4, c8 = gspaces.rot2dOnR2(4), gspaces.rot2dOnR2(8)
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = enn.R2Conv(enn.FieldType(c4, [c4.trivial_repr]), enn.FieldType(c4, [c4.regular_repr]), 3)
+            self.b = enn.R2Conv(enn.FieldType(c8, [c8.trivial_repr]), enn.FieldType(c8, [c8.regular_repr]), 3)
+
+    with pytest.raises(ValueError, match=r"groups C4 \(a\) and C8 \(b\).*RestrictionModule"):
+        to_dense(Two())

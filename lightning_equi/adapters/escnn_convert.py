@@ -225,33 +225,115 @@ class EscnnModelProjection(ModelProjection):
     Attributes:
         kept: ``(name, class name, number of parameters)`` per escnn module kept as it is, whose
             parameters are free (:func:`kept_escnn_modules`).
+        layer_groups: dense layer name -> the group its projectors are built for.
+        restrictions: the chain of groups along escnn's ``RestrictionModule`` s (``["D4", "C4"]``),
+            empty for a model of one group; :attr:`group` is its last element.
     """
 
-    def __init__(self, *args: Any, kept: Sequence[tuple[str, str, int]] = (), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        kept: Sequence[tuple[str, str, int]] = (),
+        layer_groups: dict[str, str] | None = None,
+        restrictions: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.kept = list(kept)
+        self.layer_groups = dict(layer_groups or {})
+        self.restrictions = list(restrictions)
 
     def summary(self) -> str:
-        """:meth:`ModelProjection.summary`, then the escnn modules kept with free parameters."""
+        """:meth:`ModelProjection.summary`, then the group chain and the escnn modules kept free."""
         out = super().summary()
-        if not self.kept:
-            return out
-        rows = ", ".join(f"{n} ({c}, {k} parameters)" for n, c, k in self.kept)
-        return out + f"\nkept as escnn modules (equivariant for any parameters, left free): {rows}"
+        if self.restrictions:
+            parts = "; ".join(
+                f"{g}: {', '.join(n for n, lg in self.layer_groups.items() if lg == g)}"
+                for g in self.restrictions
+            )
+            out += (
+                f"\ngroups {' -> '.join(self.restrictions)} (RestrictionModule); each layer is projected "
+                f"with its own group's projectors ({parts}); the model is equivariant under {self.group.name}"
+            )
+        if self.kept:
+            rows = ", ".join(f"{n} ({c}, {k} parameters)" for n, c, k in self.kept)
+            out += f"\nkept as escnn modules (equivariant for any parameters, left free): {rows}"
+        return out
+
+
+def _model_group(model: nn.Module, layer_gspaces: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The gspace under which the whole model is equivariant, and the restriction chain that leads there.
+
+    One group: that group. Several: escnn's ``RestrictionModule`` s must chain them, each group being
+    restricted to one subgroup, so that every layer's group leads to the same last subgroup; a layer
+    equivariant under ``G`` is equivariant under any subgroup of ``G``, so the model is equivariant
+    under that last one.
+    """
+    by_group: dict[str, list[str]] = {}
+    gspace_of: dict[str, Any] = {}
+    for layer, gs in layer_gspaces.items():
+        by_group.setdefault(gs.fibergroup.name, []).append(layer)
+        gspace_of[gs.fibergroup.name] = gs
+    if len(by_group) == 1:
+        return next(iter(gspace_of.values())), []
+    targets: dict[str, set[str]] = {}
+    for _, m in model.named_modules():
+        if isinstance(m, enn.RestrictionModule):
+            a, b = m.in_type.gspace, m.out_type.gspace
+            targets.setdefault(a.fibergroup.name, set()).add(b.fibergroup.name)
+            gspace_of.setdefault(b.fibergroup.name, b)
+
+    def names(groups: Sequence[str]) -> str:
+        return " and ".join(f"{_display(gspace_of[g])} ({', '.join(by_group.get(g, []))})" for g in groups)
+
+    branching = sorted(g for g, t in targets.items() if len(t) > 1)
+    if branching:
+        raise ValueError(
+            f"escnn_spec: {names(branching)} is restricted to several subgroups "
+            f"{sorted(targets[branching[0]])}: the model is equivariant only under their intersection, "
+            "which lightning_equi cannot build; restrict once, along one chain of subgroups"
+        )
+    sinks = set()
+    chain: dict[str, list[str]] = {}
+    for g in by_group:
+        path = [g]
+        while path[-1] in targets and len(path) <= len(gspace_of):
+            path.append(next(iter(targets[path[-1]])))
+        sinks.add(path[-1])
+        chain[g] = path
+    if len(sinks) > 1:
+        raise ValueError(
+            f"escnn_spec: the dense layers use groups {names(sorted(by_group))}, and no RestrictionModule "
+            "maps one onto the other; one model, one group: restrict the larger group to the smaller one "
+            "with escnn.nn.RestrictionModule where the model changes group"
+        )
+    longest = max(chain.values(), key=len)
+    return gspace_of[longest[-1]], [_display(gspace_of[g]) for g in longest]
+
+
+def _display(gspace: Any) -> str:
+    """Our name of a gspace's group (``flip2dOnR2`` is our D1), escnn's where we have none."""
+    try:
+        return group_from_escnn(gspace).name
+    except (TypeError, ValueError):
+        return str(gspace.fibergroup.name)
 
 
 def escnn_spec(model: nn.Module, subspace: str | None = None) -> EscnnModelProjection:
     """The :class:`~lightning_equi.subspace.ModelProjection` of a model holding dense escnn layers.
 
     Every ``weight``/``bias`` of a dense layer (:data:`~lightning_equi.adapters.dense_layers.DENSE_LAYERS`)
-    gets its projector; all other parameters are free. Use it from a LightningModule:
+    gets its projector, built from the layer's own field types, so each part of a model that changes
+    group through escnn's ``RestrictionModule`` (e2wrn: D4, then C4) is projected onto its own group's
+    E; the spec's group is the subgroup the restrictions end in, under which the whole model is
+    equivariant. All other parameters are free. Use it from a LightningModule:
     ``def symmetry_spec(self): return escnn_spec(self)``.
     """
-    entries, groups = [], {}
+    entries, layer_gspaces = [], {}
     for name, module in model.named_modules():
         if not isinstance(module, DENSE_LAYERS):
             continue
-        groups[module.in_type.gspace.fibergroup.name] = module.in_type.gspace
+        layer_gspaces[name] = module.in_type.gspace
         for attr, proj in layer_projectors(module, subspace).items():
             full = f"{name}.{attr}" if name else attr
             entries.append(ProjectedTensor(full, proj, False, name, module, attr))
@@ -260,14 +342,19 @@ def escnn_spec(model: nn.Module, subspace: str | None = None) -> EscnnModelProje
             f"escnn_spec: {type(model).__name__} holds no dense escnn layer; "
             "convert it first with to_dense(model)"
         )
-    if len(groups) > 1:
-        raise ValueError(
-            f"escnn_spec: the dense layers use different groups {sorted(groups)}; one model, one group"
-        )
-    group = group_from_escnn(next(iter(groups.values())))
+    gspace, chain = _model_group(model, layer_gspaces)
+    group = group_from_escnn(gspace)
     covered = {e.name for e in entries}
     free = [n for n, _ in model.named_parameters() if n not in covered]
-    return EscnnModelProjection(group, model, entries, free, kept=kept_escnn_modules(model))
+    return EscnnModelProjection(
+        group,
+        model,
+        entries,
+        free,
+        kept=kept_escnn_modules(model),
+        layer_groups={layer: _display(gs) for layer, gs in layer_gspaces.items()},
+        restrictions=chain,
+    )
 
 
 def _least_squares(layer: _DenseLayer, target: Any, strict: bool, name: str) -> None:
