@@ -7,6 +7,7 @@ a negative control; and the refusals and warnings these models meet, each with `
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import lightning as L
 import pytest
@@ -687,3 +688,66 @@ def test_layout_refusals():
     spec = SymmetrySpec("S3").layer(fc, ["standard", "trivial"], "trivial", layout="interleaved")
     with pytest.raises(ValueError, match=r"interleaves copies of one field type.*layout='fields'"):
         spec.bind(fc)
+
+
+# ---- 5. geometry no projection fixes, warned at bind given an example input ------------------------
+
+
+def test_resnet_at_a_side_where_strided_windows_do_not_commute(quiet_trainer):
+    from lightning_equi.subspace import GridWarning
+
+    torch.manual_seed(0)
+    net = ResNetStyle()
+    spec = (
+        SymmetrySpec("D4")
+        .layers(nn.Conv2d, fields="regular")
+        .layer(net.stem[0], "trivial", "regular")
+        .layer(net.fc, "regular", "trivial")
+    )
+    # two stride-2 stages: exact at sides n with n - 1 divisible by 4
+    with pytest.warns(
+        GridWarning,
+        match=r"layer 'layers.1.conv1' \(Conv2d, kernel 3, stride 2, padding 1\) sees width 32"
+        r".*exact input sides: 29, 33",
+    ):
+        spec.bind(net, example_input=(3, 32, 32)).project_parameters_()
+    assert _invariance_error(net, torch.randn(4, 3, 32, 32)) > 1e-5  # the warning was right (float32: ~1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridWarning)
+        spec.bind(net, example_input=torch.randn(2, 3, 33, 33))
+    assert _invariance_error(net, torch.randn(4, 3, 33, 33)) < 1e-5
+    # the monitor says so too, on its probe, before the first step
+    model = _Wrap(net, spec, torch.randn(8, 3, 32, 32), lambda out: out.square().mean())
+    with pytest.warns(
+        GridWarning, match=r"at the probe's input size the network cannot be equivariant under D4"
+    ):
+        quiet_trainer([EquivarianceMonitor(every_n_steps=1)], max_steps=1).fit(model)
+
+
+def test_transposed_convolution_with_output_padding_is_warned_at_bind():
+    from lightning_equi.subspace import GridWarning
+
+    torch.manual_seed(0)
+
+    class Up(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(8, 1, 3, stride=2, padding=1, output_padding=1)
+
+        def forward(self, x):
+            return self.up(torch.relu(self.down(x)))
+
+    up = Up()
+    spec = SymmetrySpec("C4").layers((nn.Conv2d, nn.ConvTranspose2d), fields="regular")
+    spec = spec.layer(up.down, "trivial", "regular").layer(up.up, "regular", "trivial")
+    with pytest.warns(
+        GridWarning,
+        match=r"'up' \(ConvTranspose2d.*output_padding 1\) adds 1 sample.*exact at no input size"
+        r".*output_padding=0",
+    ):
+        spec.bind(up, example_input=(1, 9, 9)).project_parameters_()
+    x = torch.randn(4, 1, 9, 9)
+    with torch.no_grad():
+        error = _relative(up(torch.rot90(x, 1, dims=(-2, -1))), torch.rot90(up(x), 1, dims=(-2, -1)))
+    assert error > 1e-2  # negative control: not equivariant, as warned

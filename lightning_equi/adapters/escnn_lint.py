@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from lightning_equi.adapters.escnn_projectors import keep_train_modes
+from lightning_equi.subspace.lint import window_is_symmetric  # the one definition, shared with bind
 
 __all__ = ["GridLintWarning", "grid_lint", "window_is_symmetric"]
 
@@ -42,17 +42,6 @@ class GridLintWarning(UserWarning):
 
 def _pair(v: Any, n: int) -> tuple[int, ...]:
     return tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else (int(v),) * n
-
-
-def window_is_symmetric(n: int, k: int, s: int, p: int, d: int = 1, ceil_mode: bool = False) -> bool:
-    """Whether the output sample grid of a ``k``-window, stride ``s``, padding ``p``, dilation ``d``
-    layer on ``n`` pixels is symmetric about the input's centre (so flips and quarter turns commute)."""
-    span = n + 2 * p - d * (k - 1) - 1
-    if span < 0:
-        return False
-    n_out = (-(-span // s) if ceil_mode else span // s) + 1
-    first = d * (k - 1) / 2 - p
-    return math.isclose(2 * first + (n_out - 1) * s, n - 1)
 
 
 def _geometry(module: nn.Module, n: int = 2) -> tuple[tuple[int, ...], ...] | None:

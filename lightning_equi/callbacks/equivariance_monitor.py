@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_equi.actions import Action, action_names_for, interpolates, make_action
+from lightning_equi.actions import Action, ImageAction, action_names_for, interpolates, make_action
 from lightning_equi.callbacks.layout import TAGS, custom_scalars_layout, trajectory_figure
 from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE
 from lightning_equi.metrics import (
@@ -30,7 +30,7 @@ from lightning_equi.metrics import (
     probe_elements,
     transformed_outputs,
 )
-from lightning_equi.subspace import ModelProjection, SymmetrySpec, resolve_spec
+from lightning_equi.subspace import GridWarning, ModelProjection, SymmetrySpec, grid_warnings, resolve_spec
 
 __all__ = ["EquivarianceMonitor", "TAGS"]
 
@@ -222,6 +222,7 @@ class EquivarianceMonitor(Callback):
             )
             self._set_probe(trainer, probe)
             self._check_outputs(pl_module)
+            self._check_geometry(pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 logger.experiment.add_custom_scalars(custom_scalars_layout())
@@ -243,6 +244,7 @@ class EquivarianceMonitor(Callback):
                     f"is a {type(batch).__name__}: pass probe_batch=<inputs tensor or function>"
                 )
             self._check_outputs(pl_module)
+            self._check_geometry(pl_module)
 
     @override
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -373,6 +375,22 @@ class EquivarianceMonitor(Callback):
             entry_errors(f_gx, g_fx, fx)
         except (TypeError, ValueError) as err:
             raise MisconfigurationException(f"EquivarianceMonitor (outputs={self.outputs!r}): {err}") from err
+
+    def _check_geometry(self, pl_module: LightningModule) -> None:
+        """Warn, before the first step, about strided or transposed layers that do not commute with the
+        group at the probe's size (:func:`lightning_equi.subspace.grid_warnings`): no projection fixes
+        them, and the functional error would only show it later."""
+        if not isinstance(self._act_in, ImageAction):
+            return
+        messages = grid_warnings(
+            pl_module, self._projection.group, self._probe["x"][:1].to(pl_module.device), warn=False
+        )
+        if messages:
+            rank_zero_warn(
+                f"EquivarianceMonitor: at the probe's input size the network cannot be equivariant under "
+                f"{self._projection.group.name}, whatever its weights:\n  " + "\n  ".join(messages),
+                category=GridWarning,
+            )
 
     def _set_probe(self, trainer: Trainer, x: Any) -> None:
         if not isinstance(x, Tensor):

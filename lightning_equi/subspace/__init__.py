@@ -33,6 +33,7 @@ from lightning_equi.subspace.distance import (
 )
 from lightning_equi.subspace.fourier import FourierProjector
 from lightning_equi.subspace.initialization import equivariant_init_, initialize_in_E_
+from lightning_equi.subspace.lint import GridWarning, grid_warnings
 from lightning_equi.subspace.orbit import OrbitMeanProjector, orbit_ids
 from lightning_equi.subspace.permutation import SymmetricProjector
 from lightning_equi.subspace.projection import ModelProjection, ProjectedTensor
@@ -63,6 +64,8 @@ __all__ = [
     "resolve_spec",
     "interleaved",
     "LAYOUTS",
+    "GridWarning",
+    "grid_warnings",
     "FIELD_NAMES",
     "equivariant_init_",
     "initialize_in_E_",

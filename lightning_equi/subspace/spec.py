@@ -236,15 +236,27 @@ class SymmetrySpec:
 
     # ---- binding ----------------------------------------------------------------------------------
 
-    def bind(self, model: nn.Module) -> ModelProjection:
+    def bind(self, model: nn.Module, example_input: Tensor | Sequence[int] | None = None) -> ModelProjection:
         """Check the spec against ``model`` and build the projector of every parameter and statistic.
+
+        With ``example_input`` (an input batch, or its shape without the batch axis, e.g. ``(3, 32, 32)``)
+        the model also runs once on zeros of that shape, and every convolution or pooling layer whose
+        windows do not commute with the group at that size (strides at the wrong side, a transposed
+        convolution with ``output_padding``) is named in a
+        :class:`~lightning_equi.subspace.lint.GridWarning` with the nearest exact input sides
+        (:func:`~lightning_equi.subspace.lint.grid_warnings`): no projection of the weights fixes those.
 
         Raises:
             ValueError: naming every parameter with no declared action (and how to declare or free
                 it), a layer whose channels do not fit its fields, fields of another group, a layer
                 type that cannot be constrained, or a name the model does not have.
         """
-        return _Binder(self, model).run()
+        projection = _Binder(self, model).run()
+        if example_input is not None:
+            from lightning_equi.subspace.lint import grid_warnings
+
+            grid_warnings(model, self.group, example_input)
+        return projection
 
     def fields(self, fields: Fields, channels: int, where: str) -> Representation:
         """The representation on ``channels`` coordinates described by ``fields`` (``where``: for errors).
