@@ -423,7 +423,10 @@ def transformed_outputs(
         module.eval()
     try:
         with torch.no_grad():
-            fx = _repeat(model(x), copies)
+            out = model(x)
+            if not isinstance(out, Tensor):
+                output_entries(out)  # refuse, naming the entry, what cannot be compared
+            fx = _repeat(out, copies)
             f_gx = model(act_in(g, _repeat(x, copies)))
             g_fx = transform_output(act_out, g, fx)
     finally:

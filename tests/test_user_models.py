@@ -194,6 +194,10 @@ def test_structured_outputs_refused_when_the_actions_do_not_describe_them():
         transformed_outputs(net, x, g, act, {"a": act, "b": None})
     with pytest.raises(ValueError, match=r"outputs\[1\]: unknown action 'imag'"):
         output_action(["image", "imag"], "C4")
+    with pytest.raises(TypeError, match=r"entry '1' of the model's output is a str"):
+        model_equivariance_error(lambda t: (t, "label"), x, g, act, [act, None])
+    with pytest.raises(ValueError, match=r"entry '1' of the model's output is a 0-d tensor"):
+        model_equivariance_error(lambda t: (t, t.sum()), x, g, act, [act, None])
     out = model_equivariance_error(net, x, g, act, [act, None])  # the spec is not projected: not equivariant
     assert set(out) == {"total", "exact", "inexact", "entry/0", "entry/1"}
 
@@ -751,3 +755,13 @@ def test_transposed_convolution_with_output_padding_is_warned_at_bind():
     with torch.no_grad():
         error = _relative(up(torch.rot90(x, 1, dims=(-2, -1))), torch.rot90(up(x), 1, dims=(-2, -1)))
     assert error > 1e-2  # negative control: not equivariant, as warned
+
+
+def test_signals_augment_by_name_like_the_other_actions():
+    from lightning_equi.actions import augment, batch_action
+
+    x, y = torch.randn(4, 1, L1), torch.arange(4)
+    ox, oy = augment((x, y), f"D{L1}", batch_action(f"D{L1}", inputs="signal"), orbit=True)
+    assert ox.shape == (2 * L1 * 4, 1, L1) and torch.equal(oy[:4], y)
+    references = _shifts_and_mirrors(x)  # element j of the orbit at j B + i, in the group's order
+    assert all(torch.equal(ox[j * 4 : (j + 1) * 4], ref) for j, ref in enumerate(references))

@@ -27,6 +27,7 @@ from lightning_equi.metrics import (
     OutputActions,
     entry_errors,
     output_action,
+    output_entries,
     probe_elements,
     transformed_outputs,
 )
@@ -159,6 +160,7 @@ class EquivarianceMonitor(Callback):
         )
         self.history: list[dict[str, float]] = []
         self.metric = EquivarianceError(nan_strategy="warn")
+        self._entry_metrics: dict[str, EquivarianceError] = {}  # per entry of a structured output
         self._projection: ModelProjection | None = None
         self._w0: dict[str, Tensor] | None = None
         self._probe: dict[str, Tensor] | None = None
@@ -349,7 +351,7 @@ class EquivarianceMonitor(Callback):
             f_gx, g_fx, fx = transformed_outputs(pl_module, x, g, self._act_in, self._act_out)
             self.metric.reset()
             self.metric.update(f_gx, g_fx, fx, exact)
-            entries = {} if isinstance(fx, Tensor) else entry_errors(f_gx, g_fx, fx)
+            entries = {} if isinstance(fx, Tensor) else entry_errors(f_gx, g_fx, fx)  # checks the entries
         except (TypeError, ValueError) as err:
             # structures the outputs option does not describe: said once, at the first measurement
             raise MisconfigurationException(f"EquivarianceMonitor (outputs={self.outputs!r}): {err}") from err
@@ -358,9 +360,16 @@ class EquivarianceMonitor(Callback):
         if not (math.isnan(float(result["exact"])) or math.isnan(float(result["inexact"]))):
             out["equi/functional_error_exact"] = result["exact"]
             out["equi/functional_error_inexact"] = result["inexact"]
-        for name, errors in entries.items():
-            finite = errors[torch.isfinite(errors)]
-            out[f"equi/functional_error/{name}"] = finite.mean() if finite.numel() else errors.mean()
+        if entries:
+            # one metric per entry, so each entry's error is summed over ranks like the total
+            parts = [output_entries(t) for t in (f_gx, g_fx, fx)]
+            for name in entries:
+                metric = self._entry_metrics.get(name)
+                if metric is None:
+                    metric = self._entry_metrics[name] = EquivarianceError(nan_strategy="warn").to(device)
+                metric.reset()
+                metric.update(parts[0][name], parts[1][name], parts[2][name], exact)
+                out[f"equi/functional_error/{name}"] = metric.compute()["total"]
         return out
 
     def _check_outputs(self, pl_module: LightningModule) -> None:

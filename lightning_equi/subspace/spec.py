@@ -14,7 +14,8 @@ Layouts. Fields are laid out channel by channel, field after field, as in escnn:
 ``Conv2d(1, 16)`` under C4 is four regular fields on channels ``0-3, 4-7, 8-11, 12-15``. A
 ``Linear`` on a flattened ``C x H x W`` image under the torus ``T<H>x<W>`` reads ``C`` regular fields
 (``fields="regular"``), and on a flattened ``d x n`` set under ``S<n>`` it reads ``d`` standard
-fields.
+fields. ``layout="interleaved"`` (:meth:`SymmetrySpec.layer`) declares the other order, coordinate
+after coordinate: ``x.flatten(1)`` of a set ``(B, n, d)``, each element's features side by side.
 
 Kernels. Under C1, C2, C4, D1, D2, D4 a ``Conv2d`` kernel is acted on by quarter turns and mirrors of
 its grid (:func:`~lightning_equi.groups.grid_representation`: ``torch.rot90(K, k, dims=(-2, -1))``,
@@ -576,7 +577,8 @@ class _Binder:
             f"{len(missing)} parameter(s) of the model:\n" + "\n".join(rows) + "\n"
             f"Declare each layer, e.g. spec.layer({example!r}, in_fields='regular', out_fields='trivial'), "
             "all layers of a type with spec.layers(nn.Linear, fields=...), or leave parameters unconstrained "
-            f"with spec.free({example!r})"
+            f"with spec.free({example!r}), which keeps the network equivariant only where the group does not "
+            "act on them (a layer on invariant features, a convolution under translations alone)"
         )
 
 
