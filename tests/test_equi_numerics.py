@@ -176,14 +176,51 @@ def test_recalibration_equals_the_cumulative_statistics_of_the_last_inputs(quiet
     model = _fit_boring(quiet_trainer, [Record(), projection])
     bn = model.net[1]
     assert bn.momentum == 0.1
+    mean, var = _pooled_reference(model, seen[-3:])
+    torch.testing.assert_close(bn.running_mean, mean, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(bn.running_var, var, atol=1e-6, rtol=1e-5)
+
+
+def _pooled_reference(model, inputs):
+    """Each field's mean and unbiased variance of the first BatchNorm's input over ``inputs``, averaged
+    over the batches (the cumulative average), per channel."""
+    bn = model.net[1]
     with torch.no_grad():
-        feats = [model.net[0](x) for x in seen[-3:]]  # the conv before the BatchNorm, final weights
-    fields = bn.num_features // 4
-    per_field = [f.transpose(0, 1).reshape(fields, -1) for f in feats]
-    mean = torch.stack([p.mean(1) for p in per_field]).mean(0)
-    var = torch.stack([p.var(1) for p in per_field]).mean(0)
-    torch.testing.assert_close(bn.running_mean, mean.repeat_interleave(4), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(bn.running_var, var.repeat_interleave(4), atol=1e-6, rtol=1e-5)
+        feats = [model.net[0](x) for x in inputs]  # the conv before the BatchNorm, current weights
+    per_field = [f.transpose(0, 1).reshape(bn.num_features // 4, -1) for f in feats]
+    mean = torch.stack([p.mean(1) for p in per_field]).mean(0).repeat_interleave(4)
+    var = torch.stack([p.var(1) for p in per_field]).mean(0).repeat_interleave(4)
+    return mean, var
+
+
+def test_each_validation_of_the_fit_sees_statistics_of_the_current_weights(quiet_trainer):
+    class Validated(BoringEquiModel):
+        def validation_step(self, batch, batch_idx):
+            return None
+
+        def val_dataloader(self):
+            return self.train_dataloader()
+
+    seen, checked = [], []
+
+    class Check(L.Callback):  # after EquivariantProjection: its on_validation_start has run
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch[0].clone())
+
+        def on_validation_start(self, trainer, pl_module):
+            if trainer.sanity_checking:  # before training: nothing recorded, the statistics as drawn
+                return
+            mean, var = _pooled_reference(pl_module, seen[-2:])
+            torch.testing.assert_close(pl_module.net[1].running_mean, mean, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(pl_module.net[1].running_var, var, atol=1e-6, rtol=1e-5)
+            checked.append(trainer.global_step)
+
+    model = Validated(optimizer="adam", lr=0.01, n_samples=32, batch_size=8)
+    trainer = quiet_trainer(
+        [EquivariantProjection(recalibrate_bn=2), Check()], max_steps=8, val_check_interval=2
+    )
+    trainer.fit(model)
+    assert checked == [2, 4, 6, 8]
 
 
 def test_recalibration_off_keeps_the_moving_averages(quiet_trainer):

@@ -308,7 +308,10 @@ class EquivariantProjection(Callback):
         # rounding (an ulp per step for an FFT projector), compounding over a run
         for entry in projection.entries:
             if self._reproject or entry.is_buffer:
-                entry.projector.project_unless_in_E_(entry.tensor)
+                if entry.projector.identity_on_E:  # exact on E: in place, a tensor in E stays bit for bit
+                    entry.projector.project_(entry.tensor)
+                else:
+                    entry.projector.project_unless_in_E_(entry.tensor)
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
