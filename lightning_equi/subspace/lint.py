@@ -211,7 +211,10 @@ def grid_warnings(
     problems = _problems(_trace(model, x), moved, square)
     if not problems:
         return []
-    sizes = _exact_sizes(model, x, moved, square)
+    # an output_padding is exact at no size: then searching other sizes would only cost forward passes
+    sizes = (
+        [] if any("output_padding" in what for _, what in problems) else _exact_sizes(model, x, moved, square)
+    )
     hint = (
         f"exact input sides: {', '.join(map(str, sizes))}"
         if sizes
