@@ -413,6 +413,11 @@ def test_rounding_projectors_leave_a_tensor_in_E_and_move_one_that_is_not():
     off[0, 1] += 1e-3  # off E by far more than rounding
     assert fft.project_unless_in_E_(off)
     assert fft.distance(off) < 1e-6
+    # half precision is projected in float32: the tolerance is float32's, not 16 bfloat16 ulps (12%)
+    half = w.to(torch.bfloat16)
+    half[0, 1] *= 1.05
+    assert fft.project_unless_in_E_(half)
+    assert float(fft.distance(half.float())) < 0.01 * float(half.float().norm())
 
 
 class Shift(L.LightningModule):

@@ -21,7 +21,7 @@ from lightning_equi.groups import FiniteGroup, Group, Representation
 
 __all__ = ["TensorAction", "Projector", "group_average", "dense_layer_factors"]
 
-#: a tensor within ``ROUNDING * eps(dtype) * ||w||`` of E counts as in E
+#: a tensor within ``ROUNDING * eps * ||w||`` of E counts as in E (``eps`` of the computation dtype)
 #: (:meth:`Projector.project_unless_in_E_`): the FFT, basis and closed-form projectors move a tensor
 #: of E by at most ~5 eps ||w|| in float32 (measured on layers of up to 1.2M entries)
 ROUNDING = 16
@@ -174,8 +174,9 @@ class Projector(ABC):
     def project_unless_in_E_(self, w: Tensor) -> bool:
         """Project ``w`` in place unless it is already in E to rounding; return whether it changed.
 
-        A tensor counts as in E when ``||w - Pi_E w|| <= ROUNDING * eps(dtype) * ||w||`` (an exact
-        projection of a tensor in E rounds by a few ``eps ||w||``): it is then left bit for bit, so
+        A tensor counts as in E when ``||w - Pi_E w|| <= ROUNDING * eps * ||w||``, ``eps`` that of the
+        dtype the projection computes in (float32 for half precision; an exact projection of a tensor
+        in E rounds by a few ``eps ||w||``): it is then left bit for bit, so
         re-projecting weights that an update kept in E, or binding a model already in E, moves nothing.
 
         Example:
@@ -192,7 +193,10 @@ class Projector(ABC):
             if torch.equal(projected, w):
                 return False
             if not self.identity_on_E and w.is_floating_point():
-                tol = ROUNDING * torch.finfo(w.dtype).eps * w.detach().double().norm()
+                # the rounding of the computation (half precision is projected in float32), not of the
+                # storage: a 16-bit tensor off E by a few of its own ulps is still re-projected
+                eps = torch.finfo(torch.promote_types(w.dtype, torch.float32)).eps
+                tol = ROUNDING * eps * w.detach().double().norm()
                 if (w.double() - projected.double()).norm() <= tol:
                     return False
             w.copy_(projected)
