@@ -50,8 +50,10 @@ def test_group_comes_from_the_spec():
 def test_aug_group_comes_from_the_models_symmetry_spec():
     _, aug = build_callbacks("aug", model=BoringEquiModel(), monitor=True)
     assert aug.group.name == "C4"
-    _, aug = build_callbacks("aug", group="C2", model=BoringEquiModel())  # an explicit group wins
-    assert aug.group.name == "C2"
+    with pytest.raises(
+        MisconfigurationException, match=r"group='C2' but BoringEquiModel.symmetry_spec\(\) is for C4"
+    ):
+        build_callbacks("aug", group="C2", model=BoringEquiModel())  # two groups: refused (#12)
 
 
 def test_callbacks_pickle_for_ddp_spawn():

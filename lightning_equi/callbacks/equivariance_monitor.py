@@ -21,7 +21,8 @@ from typing_extensions import override
 
 from lightning_equi.actions import Action, ImageAction, action_names_for, interpolates, make_action
 from lightning_equi.callbacks.layout import TAGS, custom_scalars_layout, trajectory_figure
-from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE
+from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE, binds_late, group_or_none
+from lightning_equi.groups import Group
 from lightning_equi.metrics import (
     EquivarianceError,
     OutputActions,
@@ -64,7 +65,10 @@ class EquivarianceMonitor(Callback):
     Under gradient accumulation it is computed after each backward of a step that will be logged, the
     last (the accumulated gradient) being kept.
     The probe, its elements, the start ``A0`` and the history are saved in the checkpoint, so a resumed
-    run logs what an uninterrupted one would.
+    run logs what an uninterrupted one would. They belong to one fit: the spec is bound afresh at each
+    fit's ``setup`` and a callback reused for another fit (or another model) starts a new history. The
+    probe is cast to the model's dtype (a run resumed under another precision), and an empty batch is
+    skipped when taking it.
 
     Args:
         every_n_steps: log every this many optimizer steps.
@@ -82,10 +86,13 @@ class EquivarianceMonitor(Callback):
         probe_elements: Haar draws per probe sample for infinite or large groups.
         log_layers: log per-layer values (else only totals).
         seed: seed of the probe elements (rank ``r`` uses ``seed + r``).
+        group: optional: the group the run is meant for; a spec for another group is refused at setup.
 
     Raises:
-        MisconfigurationException: if an argument is out of range, or at fit start, if the model has
-            no symmetry spec.
+        MisconfigurationException: if an argument is out of range; at setup, if the model has no
+            symmetry spec, the spec is for another group than ``group`` or does not fit the model; at fit
+            start, if the start ``A0`` restored from a checkpoint does not match the model's constrained
+            parameters (names and shapes).
 
     Example::
 
@@ -124,6 +131,7 @@ class EquivarianceMonitor(Callback):
         probe_elements: int = 4,
         log_layers: bool = True,
         seed: int = 0,
+        group: str | Group | None = None,
     ) -> None:
         for name, value in (
             ("every_n_steps", every_n_steps),
@@ -158,6 +166,7 @@ class EquivarianceMonitor(Callback):
             log_layers,
             seed,
         )
+        self.group = group_or_none(group)
         self.history: list[dict[str, float]] = []
         self.metric = EquivarianceError(nan_strategy="warn")
         self._entry_metrics: dict[str, EquivarianceError] = {}  # per entry of a structured output
@@ -190,7 +199,32 @@ class EquivarianceMonitor(Callback):
     # ---- hooks ------------------------------------------------------------------------------------
 
     @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        # the state belongs to one fit of one model: a callback reused for another fit starts afresh
+        # (a checkpoint restored after this hook brings back the state of the fit it resumes)
+        self.history, self._w0, self._probe, self._grad_share = [], None, None, None
+        self._last_step, self._warned_not_equivariant, self._projection = -1, False, None
+        if not binds_late(pl_module):
+            self._setup_binding(trainer, pl_module)
+
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._projection is None or self._projection.model is not pl_module:
+            self._setup_binding(trainer, pl_module)  # a model that builds its layers in setup()
+        if self._w0 is not None:  # restored from a checkpoint: it must describe this model
+            try:
+                self._projection.check_snapshot(self._w0)
+            except ValueError as err:
+                raise MisconfigurationException(
+                    f"EquivarianceMonitor: the checkpoint's {err}. The model or its symmetry spec changed "
+                    "since the checkpoint was written (a layer freed, declared or resized); resume with the "
+                    "spec it was trained with, or start a new fit without ckpt_path"
+                ) from None
+        self.metric = self.metric.to(pl_module.device)
+
+    def _setup_binding(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._projection = self._bind(trainer, pl_module)
         group = self._projection.group
         if self.log_functional_error:
@@ -210,7 +244,6 @@ class EquivarianceMonitor(Callback):
                     f"actions by {group.name}), an Action, None for invariant outputs, or one of these per "
                     "entry of a structured output"
                 ) from err
-        self.metric = self.metric.to(pl_module.device)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -303,7 +336,10 @@ class EquivarianceMonitor(Callback):
             if spec is None:
                 message = NO_SPEC_MESSAGE.format(who="EquivarianceMonitor", name=type(pl_module).__name__)
                 raise MisconfigurationException(message + " To train without it, leave the monitor out.")
-        return resolve_spec(pl_module, spec)
+        try:
+            return resolve_spec(pl_module, spec, group=self.group)
+        except (TypeError, ValueError) as err:
+            raise MisconfigurationException(f"EquivarianceMonitor: {err}") from err
 
     def _measure_and_log(self, trainer: Trainer, pl_module: LightningModule, in_hook: bool = True) -> None:
         values = self.measure(pl_module)
@@ -322,7 +358,9 @@ class EquivarianceMonitor(Callback):
         something other than the weights breaks equivariance, which no projection can fix."""
         if self._warned_not_equivariant or "equi/functional_error" not in values:
             return
-        in_E = float(values["equi/rel_dist_to_E/total"]) < _IN_E
+        # every tensor in E up to the rounding of its dtype (a total would let a large layer in E hide
+        # a small one far from it, and a fixed threshold calls a float64 model 1e-7 away "in E")
+        in_E = self._projection.within_rounding()
         exact = values.get("equi/functional_error_exact", values["equi/functional_error"])
         # only resampling an image makes a large error natural; rotating coordinates only rounds them
         interpolated = not bool(self._probe["exact"].any()) and interpolates(self._act_in)
@@ -345,7 +383,7 @@ class EquivarianceMonitor(Callback):
 
     def _functional_error(self, pl_module: LightningModule) -> dict[str, Tensor]:
         device = pl_module.device
-        x, g = self._probe["x"].to(device), self._probe["g"].to(device)
+        x, g = self._probe_inputs(pl_module), self._probe["g"].to(device)
         exact = self._probe["exact"].bool().to(device)
         try:
             f_gx, g_fx, fx = transformed_outputs(pl_module, x, g, self._act_in, self._act_out)
@@ -372,13 +410,21 @@ class EquivarianceMonitor(Callback):
                 out[f"equi/functional_error/{name}"] = metric.compute()["total"]
         return out
 
+    def _probe_inputs(self, pl_module: LightningModule) -> Tensor:
+        """The probe inputs on the model's device, in its dtype (a run resumed under another precision
+        restores a probe taken in the first one)."""
+        x = self._probe["x"].to(pl_module.device)
+        dtype = _floating_dtype(pl_module)
+        return x.to(dtype) if x.is_floating_point() and dtype is not None else x
+
     def _check_outputs(self, pl_module: LightningModule) -> None:
         """Evaluate the probe once with its first elements, so that outputs the ``outputs`` option does
         not describe (a tuple against one image action, a dict with other keys) fail before the first
         optimizer step, not at the first measurement."""
+        if self._probe is None:
+            return  # an empty batch: checked with the probe of the next one
         batch = self._probe["x"].shape[0]
-        device = pl_module.device
-        x, g = self._probe["x"].to(device), self._probe["g"][:batch].to(device)
+        x, g = self._probe_inputs(pl_module), self._probe["g"][:batch].to(pl_module.device)
         try:
             f_gx, g_fx, fx = transformed_outputs(pl_module, x, g, self._act_in, self._act_out)
             entry_errors(f_gx, g_fx, fx)
@@ -406,6 +452,8 @@ class EquivarianceMonitor(Callback):
             raise MisconfigurationException(
                 f"EquivarianceMonitor probes a tensor input, but got {type(x).__name__}: pass probe_batch=..."
             )
+        if x.dim() == 0 or x.shape[0] == 0:
+            return  # an empty batch probes nothing: the probe is taken from the next batch
         x = x[: self.probe_size].detach().clone()
         generator = torch.Generator().manual_seed(self.seed + trainer.global_rank)
         g, exact = probe_elements(self._act_in, x.shape[0], self.probe_elements, generator)
@@ -428,6 +476,10 @@ class EquivarianceMonitor(Callback):
         self._last_step = int(state_dict.get("last_step", -1))
 
 
-# "in E": float32 rounding of a projection; "not equivariant": far above float32 rounding of a forward pass
-_IN_E = 1e-6
+def _floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the module's first floating-point parameter (the dtype its inputs must have)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
+# "not equivariant": far above float32 rounding of a forward pass
 _NOT_EQUIVARIANT = 1e-3

@@ -22,7 +22,8 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE
+from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE, binds_late, group_or_none
+from lightning_equi.groups import Group
 from lightning_equi.subspace import (
     ModelProjection,
     PooledBatchNorms,
@@ -31,6 +32,7 @@ from lightning_equi.subspace import (
     pool_batch_statistics,
     recompute_running_statistics,
     resolve_spec,
+    tensor_distance,
 )
 
 __all__ = ["EquivariantProjection"]
@@ -43,12 +45,13 @@ _SHARDED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 class EquivariantProjection(Callback):
     r"""Keep a model in the subspace E of equivariant layers while it trains.
 
-    * At fit start the symmetry spec is bound to the model
+    * At setup the symmetry spec is bound to the model and validated
       (:func:`~lightning_equi.subspace.spec.resolve_spec`: the ``spec`` argument, else the model's
-      ``symmetry_spec()`` method), the weights and running statistics are brought into E (``init``: an
-      equivariant initialisation, drawn as usual, then projected and by default rescaled to keep each
-      layer's scale) and the model is checked to be in E. Tensors already in E are left bit for bit;
-      when resuming from a checkpoint written with this callback, the restored weights are only checked.
+      ``symmetry_spec()`` method), afresh for every fit. At fit start the weights and running
+      statistics are checked to be finite and brought into E (``init``: an equivariant
+      initialisation, drawn as usual, then projected and by default rescaled to keep each layer's
+      scale) and the model is checked to be in E. Tensors already in E are left bit for bit; when
+      resuming from a checkpoint written with this callback, the restored weights are only checked.
     * In ``on_before_optimizer_step`` every gradient is projected onto E. Lightning calls this hook
       once per optimizer step: after gradient accumulation, after the AMP scaler unscaled the
       gradients and DDP averaged them, before gradient clipping.
@@ -95,13 +98,21 @@ class EquivariantProjection(Callback):
         pool_batch_stats: pool BatchNorm batch statistics over each field (see above); ``False``
             keeps each layer's per-channel statistics.
         verbose: log the decision taken for ``reproject_weights="auto"``.
+        group: optional: the group the run is meant for; a spec for another group is refused at setup.
 
     Raises:
-        MisconfigurationException: if ``reproject_weights`` or ``check_atol`` is invalid, or, at setup,
-            if the strategy shards parameters (FSDP, DeepSpeed, model parallel): projecting shards
-            would be wrong, so it is refused.
-        RuntimeError: at fit start, if the projected model is not in E (a spec that does not match
-            the model).
+        MisconfigurationException: if ``reproject_weights``, ``check_atol`` or ``group`` is invalid, or,
+            at setup, if the strategy shards parameters (FSDP, DeepSpeed, model parallel): projecting
+            shards would be wrong, so it is refused; also at setup, if the model has no spec, the spec is
+            for another group than ``group`` or does not fit the model (a model that builds its layers
+            in its own ``setup`` or ``configure_model`` is bound at fit start instead).
+        RuntimeError: at fit start, if a constrained weight holds NaN or inf (named, with the number
+            of such entries), or if the projected model is not in E (a spec that does not match the
+            model), or if the weights restored from a checkpoint are not in E.
+
+    Frozen parameters (``requires_grad=False``) that the spec constrains are projected at fit start
+    like the others (a warning names them when that changes them); leave them out with
+    ``spec.free(...)`` to keep them as they are.
 
     Example::
 
@@ -119,6 +130,7 @@ class EquivariantProjection(Callback):
         verbose: bool = False,
         init: Literal["rescale", "project"] = "rescale",
         recalibrate_bn: int = 4,
+        group: str | Group | None = None,
     ) -> None:
         if not (reproject_weights == "auto" or isinstance(reproject_weights, bool)):
             raise MisconfigurationException(
@@ -133,6 +145,7 @@ class EquivariantProjection(Callback):
                 f"got {type(spec).__name__}"
             )
         self.spec = spec
+        self.group = group_or_none(group)
         self.reproject_weights = reproject_weights
         if not isinstance(pool_batch_stats, bool):
             raise MisconfigurationException(f"`pool_batch_stats` must be a bool, got {pool_batch_stats!r}")
@@ -173,18 +186,24 @@ class EquivariantProjection(Callback):
         return self._projection
 
     def resolve(self, pl_module: LightningModule) -> ModelProjection:
-        """Bind the spec to ``pl_module`` once (other callbacks, such as the monitor, share it)."""
-        if isinstance(self.spec, ModelProjection):
-            if self._projection is None:
-                _check_projection_belongs(self.spec, pl_module)
-                self._projection = self.spec
+        """Bind the spec to ``pl_module`` (once per model; at setup during a fit).
+
+        Raises:
+            MisconfigurationException: naming the fix, if the model has no spec, the spec is for another
+                group than ``group``, or does not fit the model (a layer it does not have, ...).
+        """
+        if self._projection is not None and self._projection.model is pl_module:
             return self._projection
-        if self._projection is None or self._projection.model is not pl_module:
-            if self.spec is None and not callable(getattr(pl_module, "symmetry_spec", None)):
-                raise MisconfigurationException(
-                    NO_SPEC_MESSAGE.format(who="EquivariantProjection", name=type(pl_module).__name__)
-                )
-            self._projection = resolve_spec(pl_module, self.spec)
+        if isinstance(self.spec, ModelProjection):
+            _check_projection_belongs(self.spec, pl_module)
+        elif self.spec is None and not callable(getattr(pl_module, "symmetry_spec", None)):
+            raise MisconfigurationException(
+                NO_SPEC_MESSAGE.format(who="EquivariantProjection", name=type(pl_module).__name__)
+            )
+        try:
+            self._projection = resolve_spec(pl_module, self.spec, group=self.group)
+        except (TypeError, ValueError) as err:
+            raise MisconfigurationException(f"EquivariantProjection: {err}") from err
         return self._projection
 
     @override
@@ -197,11 +216,19 @@ class EquivariantProjection(Callback):
                 f"{type(trainer.strategy).__name__}: each rank holds flattened shards of the parameters, "
                 "which cannot be projected layer by layer. Use strategy='ddp' (or a single device)."
             )
+        # each fit binds afresh (the callback may be reused for another model); a checkpoint restored
+        # after this hook sets _restored again
+        self._projection, self._restored = None, False
+        if not binds_late(pl_module):
+            self.resolve(pl_module)  # spec errors now, before the model summary and any training
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         projection = self.resolve(pl_module)
-        if not self._restored:  # a resumed run keeps its restored weights bit for bit
+        _check_finite(projection, "restored from the checkpoint" if self._restored else "at fit start")
+        projected = not self._restored  # a resumed run keeps its restored weights bit for bit
+        if projected:
+            _warn_frozen(projection, self.check_atol)
             initialize_in_E_(projection, preserve_norm=self.init == "rescale")
         elif self._averages:  # written by a fit that ended here (cleared when a fit starts)
             # resumed where a fit ended: training goes on from the moving averages, not the recalibration
@@ -212,7 +239,7 @@ class EquivariantProjection(Callback):
                         tensors[name].copy_(value)
         self._averages = {}
         self._initialized, self._restored = True, False
-        self._check_in_subspace(projection)
+        self._check_in_subspace(projection, projected)
         if self.reproject_weights == "auto":
             self._reproject = self.needs_reprojection(trainer, projection)
             if self.verbose:
@@ -324,15 +351,23 @@ class EquivariantProjection(Callback):
             self._pooled.remove()
             self._pooled = None
 
-    def _check_in_subspace(self, projection: ModelProjection) -> None:
+    def _check_in_subspace(self, projection: ModelProjection, projected: bool) -> None:
         if projection.is_equivariant(self.check_atol):
             return
-        worst = sorted(projection.distances().items(), key=lambda kv: -float(kv[1]))[:3]
+        worst = sorted(projection.distances(buffers=True).items(), key=lambda kv: -float(kv[1]))[:3]
         listing = ", ".join(f"{name}: {float(d):.3g}" for name, d in worst)
+        if projected:
+            raise RuntimeError(
+                f"the model is not in the equivariant subspace after projection (largest distances to E: "
+                f"{listing}; check_atol={self.check_atol}). The symmetry spec does not describe this "
+                "model: check the fields declared for these layers."
+            )
         raise RuntimeError(
-            f"the model is not in the equivariant subspace after projection (largest distances to E: "
-            f"{listing}; check_atol={self.check_atol}). The symmetry spec does not describe this model: "
-            "check the fields declared for these layers."
+            f"the weights restored from the checkpoint are not in the equivariant subspace (largest "
+            f"distances to E: {listing}; check_atol={self.check_atol}); resuming does not project them. "
+            "The checkpoint was written by another run (without EquivariantProjection, or with another "
+            "spec): resume with the spec it was trained with, or start a new fit from its weights "
+            "(load them, then fit without ckpt_path) to have them projected."
         )
 
     def needs_reprojection(self, trainer: Trainer, projection: ModelProjection) -> bool:
@@ -367,6 +402,38 @@ class EquivariantProjection(Callback):
         self._inputs.clear()
         self._inputs.extend(state_dict.get("bn_inputs", []))
         self._averages = dict(state_dict.get("bn_averages") or {})
+
+
+def _check_finite(projection: ModelProjection, when: str) -> None:
+    """NaN or inf would spread through the projection (and hide in a sorted list of distances)."""
+    bad = projection.non_finite()
+    if bad:
+        listing = ", ".join(f"{name} ({n} of {_numel(projection, name)} entries)" for name, n in bad.items())
+        raise RuntimeError(
+            f"EquivariantProjection: non-finite values (NaN or inf) in the weights {when}: {listing}. "
+            "Projecting them would spread them over whole orbits; re-initialise these layers (or load "
+            "finite weights) before the fit."
+        )
+
+
+def _numel(projection: ModelProjection, name: str) -> int:
+    return next(e.tensor.numel() for e in projection.entries if e.name == name)
+
+
+def _warn_frozen(projection: ModelProjection, atol: float) -> None:
+    """Frozen parameters in the spec are projected like the others: say so when that changes them."""
+    moved = [
+        e.name
+        for e in projection.parameters
+        if not e.tensor.requires_grad and float(tensor_distance(e.tensor, e.projector)) > atol
+    ]
+    if moved:
+        rank_zero_warn(
+            f"EquivariantProjection projects the frozen parameters {moved} (requires_grad=False) onto E "
+            "at fit start, which changes them, since the symmetry spec constrains them; leave them "
+            f"unchanged with spec.free({', '.join(repr(n) for n in moved[:3])}) (they are then not "
+            "constrained), or symmetrise them on purpose and silence this warning"
+        )
 
 
 def _check_projection_belongs(projection: ModelProjection, pl_module: LightningModule) -> None:

@@ -18,7 +18,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_equi.actions import ActionConfig, augment, batch_action, check_augmentation
-from lightning_equi.groups import get_group
+from lightning_equi.groups import Group, get_group
 
 __all__ = ["HaarAugmentation"]
 
@@ -59,7 +59,8 @@ class HaarAugmentation(Callback):
     Raises:
         MisconfigurationException: if the group or an action name is unknown, no action is given, an
             action acts by another group, ``copies`` is not a positive int, or ``orbit=True`` is
-            combined with a continuous group, ``copies > 1`` or ``per_sample=False``.
+            combined with a continuous group, ``copies > 1`` or ``per_sample=False``; at setup, if the
+            model's ``symmetry_spec()`` is for another group.
 
     Example::
 
@@ -111,6 +112,8 @@ class HaarAugmentation(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._trainer = trainer
+        if stage == "fit":
+            self._check_model_group(pl_module)
         if self._generator is None:
             self._generator = self._make_generator(trainer.global_rank)
         self._apply_pending_state(trainer)
@@ -121,6 +124,17 @@ class HaarAugmentation(Callback):
     ) -> None:
         if self.should_augment(trainer, batch_idx):
             _write_back(batch, self.transform(batch))
+
+    def _check_model_group(self, pl_module: LightningModule) -> None:
+        """Augmenting by another group than the one the model declares mixes two symmetries silently."""
+        method = getattr(pl_module, "symmetry_spec", None)
+        declared = getattr(method(), "group", None) if callable(method) else None
+        if isinstance(declared, Group) and declared != self.group:
+            raise MisconfigurationException(
+                f"HaarAugmentation draws elements of {self.group.name}, but "
+                f"{type(pl_module).__name__}.symmetry_spec() is for {declared.name}: augment by the "
+                f"model's group (group={declared.name!r}), or change the spec"
+            )
 
     def should_augment(self, trainer: Trainer, batch_idx: int) -> bool:
         """Whether to transform this training batch; always, by default (override, e.g., to augment only

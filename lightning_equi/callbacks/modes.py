@@ -22,9 +22,9 @@ from lightning_equi.actions import ActionConfig, action_names_for, make_action
 from lightning_equi.callbacks.equivariance_monitor import EquivarianceMonitor
 from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
 from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
-from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE
+from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE, group_or_none
 from lightning_equi.groups import Group, get_group
-from lightning_equi.subspace import ModelProjection, SymmetrySpec
+from lightning_equi.subspace import ModelProjection, SymmetrySpec, resolve_spec
 
 __all__ = ["MODES", "build_callbacks"]
 
@@ -40,8 +40,8 @@ def _options(cls: type) -> set[str]:
 
 
 _AUG = _options(HaarAugmentation) - {"group", "inputs", "targets"}
-_EQUI = _options(EquivariantProjection) - {"spec"}
-_MONITOR = _options(EquivarianceMonitor) - {"spec", "inputs", "outputs"}
+_EQUI = _options(EquivariantProjection) - {"spec", "group"}
+_MONITOR = _options(EquivarianceMonitor) - {"spec", "inputs", "outputs", "group"}
 
 
 def build_callbacks(
@@ -66,8 +66,9 @@ def build_callbacks(
         targets: the action on the targets (``None`` for invariant targets); with ``outputs``
             unset, the monitor uses it for the model's outputs.
         monitor: add an :class:`EquivarianceMonitor`.
-        model: optional: the model, to check now that ``equi`` will find its spec, and whose
-            ``symmetry_spec()`` gives ``aug`` its group when ``group`` and ``spec`` are unset.
+        model: optional: the model, whose spec (``spec``, else its ``symmetry_spec()``) is then bound
+            and validated at once (for ``equi`` and the monitor), and whose ``symmetry_spec()`` gives
+            the group when ``group`` and ``spec`` are unset.
         kwargs: options of the callbacks, by name: ``per_sample``, ``copies``, ``orbit``, ``seed``
             (HaarAugmentation), ``reproject_weights``, ``check_atol`` (EquivariantProjection),
             ``every_n_steps``, ``probe_batch``, ``log_functional_error``, ``probe_size``, ...
@@ -78,7 +79,9 @@ def build_callbacks(
     Raises:
         MisconfigurationException: for an unknown mode (listing the valid ones), ``aug`` without an
             action on the data or without a group, ``equi`` without a spec (saying how to declare one),
-            a group that differs from the spec's, or an unknown option.
+            an unknown group, a group that differs from the spec's (given as ``spec`` or by
+            ``model.symmetry_spec()``), a spec that does not fit ``model``, or an unknown option. The
+            callbacks are given the group too, and refuse at setup a model whose spec is for another.
 
     Example:
         >>> [type(cb).__name__ for cb in build_callbacks("aug", group="C4", inputs="image", seed=0)]
@@ -95,22 +98,40 @@ def build_callbacks(
         raise MisconfigurationException(
             f"unknown option(s) {unknown} for build_callbacks; valid: {sorted(_AUG | _EQUI | _MONITOR)}"
         )
-    if spec is not None and group is not None and get_group(group) != spec.group:
+    group = group_or_none(group)
+    if spec is not None and not isinstance(spec, (SymmetrySpec, ModelProjection)):
         raise MisconfigurationException(
-            f"group={_name(group)!r} but the spec is for {spec.group.name}; give one group (or only the spec)"
+            f"`spec` must be a SymmetrySpec, a ModelProjection or None, got {type(spec).__name__}"
         )
-    if group is None and spec is not None:
-        group = spec.group
-    if group is None and mode == "aug" and callable(getattr(model, "symmetry_spec", None)):
-        group = model.symmetry_spec().group  # the group the model declares
-    _check_inputs(inputs, group if group is not None else _declared_group(model))
+    declared, source = spec, "the spec"
+    if spec is None and callable(getattr(model, "symmetry_spec", None)):
+        declared, source = model.symmetry_spec(), f"{type(model).__name__}.symmetry_spec()"
+        if not isinstance(declared, (SymmetrySpec, ModelProjection)):
+            raise MisconfigurationException(
+                f"{source} returned {type(declared).__name__}, expected a SymmetrySpec or a ModelProjection"
+            )
+    if declared is not None and group is not None and group != declared.group:
+        raise MisconfigurationException(
+            f"group={group.name!r} but {source} is for {declared.group.name}; give one group (or leave "
+            "group unset to use the spec's)"
+        )
+    if group is None and declared is not None:
+        group = declared.group  # the group the spec declares
+    _check_inputs(inputs, group)
+    if model is not None and declared is not None and (monitor or mode == "equi"):
+        try:  # bind now, so that a spec error surfaces here rather than at the fit's setup
+            resolve_spec(model, declared)
+        except (TypeError, ValueError) as err:
+            raise MisconfigurationException(f"mode={mode!r}: {source} does not fit the model: {err}") from err
     callbacks: list[Callback] = []
     if monitor:
         single = inputs is not None and not isinstance(inputs, Mapping)
         options = {k: v for k, v in kwargs.items() if k in _MONITOR}
         options.setdefault("log_functional_error", single)
         callbacks.append(
-            EquivarianceMonitor(spec=spec, inputs=inputs if single else None, outputs=outputs, **options)
+            EquivarianceMonitor(
+                spec=spec, inputs=inputs if single else None, outputs=outputs, group=group, **options
+            )
         )
     if mode == "aug":
         if inputs is None and targets is None:
@@ -124,25 +145,15 @@ def build_callbacks(
                 "model=... with a symmetry_spec() method"
             )
         options = {k: v for k, v in kwargs.items() if k in _AUG}
-        callbacks.append(HaarAugmentation(_name(group), inputs=inputs, targets=targets, **options))
+        callbacks.append(HaarAugmentation(group.name, inputs=inputs, targets=targets, **options))
     elif mode == "equi":
         if spec is None and model is not None and not callable(getattr(model, "symmetry_spec", None)):
             raise MisconfigurationException(
                 NO_SPEC_MESSAGE.format(who="mode='equi'", name=type(model).__name__)
             )
         options = {k: v for k, v in kwargs.items() if k in _EQUI}
-        callbacks.append(EquivariantProjection(spec=spec, **options))
+        callbacks.append(EquivariantProjection(spec=spec, group=group, **options))
     return callbacks
-
-
-def _name(group: str | Group) -> str:
-    return group.name if isinstance(group, Group) else str(group)
-
-
-def _declared_group(model: nn.Module | None) -> Group | None:
-    """The group of ``model.symmetry_spec()``, when the model has one."""
-    method = getattr(model, "symmetry_spec", None)
-    return method().group if callable(method) else None
 
 
 def _check_inputs(inputs: ActionConfig, group: str | Group | None) -> None:

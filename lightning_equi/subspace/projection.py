@@ -8,7 +8,8 @@ and gradients onto E, and every distance to E that the monitor and the experimen
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -216,6 +217,82 @@ class ModelProjection:
                 )
         out["rel_dist_to_E/total"] = self.relative_total_distance()
         return out
+
+    def check_snapshot(self, w0: Mapping[str, Tensor]) -> None:
+        """Raise a ``ValueError`` unless ``w0`` holds a tensor of the right shape for every constrained
+        parameter and nothing else: a start saved for another model, or before a layer was freed or its
+        shape changed, would otherwise be dropped from the totals or broadcast silently.
+
+        Example:
+            >>> from lightning_equi.subspace import SymmetrySpec
+            >>> net = nn.Sequential(nn.Linear(2, 2))
+            >>> proj = SymmetrySpec("C2").layer("0", "regular", "regular").bind(net)
+            >>> proj.check_snapshot(proj.snapshot())
+            >>> proj.check_snapshot({"0.weight": torch.zeros(2, 2)})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: the start W0 does not match the constrained parameters of the model: missing ...
+        """
+        shapes = {e.name: tuple(e.tensor.shape) for e in self.parameters}
+        missing = sorted(set(shapes) - set(w0))
+        unknown = sorted(set(w0) - set(shapes))
+        wrong = sorted(
+            f"{name}: {tuple(w0[name].shape)} instead of {shape}"
+            for name, shape in shapes.items()
+            if name in w0 and tuple(w0[name].shape) != shape
+        )
+        problems = [
+            f"{what} {names}"
+            for what, names in (("missing", missing), ("not constrained", unknown), ("shapes", wrong))
+            if names
+        ]
+        if problems:
+            raise ValueError(
+                "the start W0 does not match the constrained parameters of the model: " + "; ".join(problems)
+            )
+
+    def non_finite(self, buffers: bool = True) -> dict[str, int]:
+        """Qualified name -> number of NaN or infinite entries, for the tensors that have any.
+
+        Example:
+            >>> from lightning_equi.subspace import SymmetrySpec
+            >>> net = nn.Sequential(nn.Linear(2, 2))
+            >>> proj = SymmetrySpec("C2").layer("0", "regular", "regular").bind(net)
+            >>> with torch.no_grad():
+            ...     net[0].weight[0, 0] = float("nan")
+            >>> proj.non_finite()
+            {'0.weight': 1}
+        """
+        counts = {e.name: int((~torch.isfinite(e.tensor.detach())).sum()) for e in self._selected(buffers)}
+        return {name: n for name, n in counts.items() if n}
+
+    def within_rounding(self, factor: float = 64.0) -> bool:
+        """Whether every constrained parameter is in E up to the rounding of a projection in its dtype:
+        ``||W - Pi_E W|| / ||W|| <= factor * eps(dtype) * log2(2 + numel)``, tensor by tensor.
+
+        Tensor by tensor, because a large layer in E would hide a small one far from it in the model's
+        total; scaled with the dtype's machine epsilon (a float64 model off E by ``1e-7`` is not in E)
+        and, slowly, with the size of the tensor (the sums of a projector round more often).
+
+        Example:
+            >>> from lightning_equi.subspace import SymmetrySpec
+            >>> net = nn.Sequential(nn.Linear(8, 8)).double()
+            >>> proj = SymmetrySpec("C4").layer("0", "regular", "regular").bind(net)
+            >>> proj.project_parameters_()
+            >>> proj.within_rounding()
+            True
+            >>> with torch.no_grad():
+            ...     net[0].weight[0, 0] += 1e-7
+            >>> proj.within_rounding()
+            False
+        """
+        for e in self.parameters:
+            tensor = e.tensor.detach()
+            eps = torch.finfo(tensor.dtype).eps if tensor.is_floating_point() else 0.0
+            tolerance = factor * eps * math.log2(2 + tensor.numel())
+            if not float(D.relative_distance(tensor, e.projector)) <= tolerance:
+                return False
+        return True
 
     def gradient_perp_share(self) -> Tensor:
         """``||(I - Pi_E) grad|| / ||grad||`` over all constrained parameters with a gradient (0 if none)."""

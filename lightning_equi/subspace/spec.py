@@ -597,15 +597,32 @@ def _layer_names(model: nn.Module, limit: int = 12) -> str:
     return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "") or "(none)"
 
 
-def resolve_spec(model: nn.Module, spec: SymmetrySpec | ModelProjection | None = None) -> ModelProjection:
+def resolve_spec(
+    model: nn.Module,
+    spec: SymmetrySpec | ModelProjection | None = None,
+    group: Group | str | None = None,
+) -> ModelProjection:
     """The :class:`ModelProjection` of ``model``: from ``spec``, or from ``model.symmetry_spec()``.
+
+    ``group``, when given, is the group the caller means: a spec for another group is refused, wherever
+    it came from (a model's ``symmetry_spec()`` for C4 trained as D4 would otherwise mix the two).
+
+    Raises:
+        ValueError: if the model has no spec, the spec is for another group than ``group``, or the spec
+            does not fit the model (:meth:`SymmetrySpec.bind`).
+        TypeError: if the spec is neither a SymmetrySpec nor a ModelProjection.
 
     Example:
         >>> net = nn.Linear(4, 4)
         >>> spec = SymmetrySpec("C2").layer(net, "regular", "regular")
         >>> resolve_spec(net, spec).dim  # 2 x 2 circulant blocks of 2 + a bias constant per field
         10
+        >>> resolve_spec(net, spec, group="C4")
+        Traceback (most recent call last):
+        ...
+        ValueError: group='C4' but the symmetry spec is for C2; give one group (or leave group unset)
     """
+    source = "the symmetry spec"
     if spec is None:
         method = getattr(model, "symmetry_spec", None)
         if not callable(method):
@@ -614,8 +631,14 @@ def resolve_spec(model: nn.Module, spec: SymmetrySpec | ModelProjection | None =
                 "define a method symmetry_spec(self) -> SymmetrySpec on the model"
             )
         spec = method()
-    if isinstance(spec, ModelProjection):
-        return spec
-    if isinstance(spec, SymmetrySpec):
-        return spec.bind(model)
-    raise TypeError(f"expected a SymmetrySpec or a ModelProjection, got {type(spec).__name__}")
+        source = f"{type(model).__name__}.symmetry_spec()"
+    if not isinstance(spec, (SymmetrySpec, ModelProjection)):
+        raise TypeError(f"expected a SymmetrySpec or a ModelProjection, got {type(spec).__name__}")
+    if group is not None:
+        wanted = get_group(group)
+        if wanted != spec.group:
+            raise ValueError(
+                f"group={wanted.name!r} but {source} is for {spec.group.name}; give one group "
+                "(or leave group unset)"
+            )
+    return spec if isinstance(spec, ModelProjection) else spec.bind(model)
