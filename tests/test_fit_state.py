@@ -282,7 +282,7 @@ def test_frozen_constrained_parameters_are_projected_with_a_warning(tmp_path):
     with pytest.warns(
         UserWarning, match=r"projects the frozen parameters \['net.7.weight'\].*spec.free\('net.7.weight'\)"
     ):
-        _trainer(tmp_path, [EquivariantProjection()], max_steps=1).fit(model)
+        _trainer(tmp_path, [EquivariantProjection(init="project")], max_steps=1).fit(model)
     after = model.net[7].weight.detach()
     assert not torch.equal(before, after)
     # regular -> trivial: constant on each of the two regular fields, their means

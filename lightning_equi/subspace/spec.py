@@ -38,12 +38,16 @@ receive no gradient but are re-projected with the weights).
 
 from __future__ import annotations
 
+import math
+import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from lightning_equi.groups import (
     FIELD_NAMES,
@@ -51,6 +55,7 @@ from lightning_equi.groups import (
     Representation,
     direct_sum,
     get_group,
+    grid_representation,
     representation_by_name,
 )
 from lightning_equi.subspace.base import Projector, TensorAction
@@ -178,6 +183,9 @@ class SymmetrySpec:
             >>> torch.allclose(fc(x[:, [2, 0, 3, 1]].flatten(1)), fc(x.flatten(1)), atol=1e-6)
             True
         """
+        where = f"layer({_show(module)})"
+        _check_fields(in_fields, f"{where} in_fields")
+        _check_fields(out_fields, f"{where} out_fields")
         decl = _Declaration(in_fields, out_fields, _check_layout(layout))
         self._layers.append((_check_target(module, "layer"), decl))
         return self
@@ -206,11 +214,15 @@ class SymmetrySpec:
         )
         if in_f is None and out_f is None:
             raise ValueError("layers() needs fields=..., or in_fields=... and out_fields=...")
+        for side, value in (("in_fields", in_f), ("out_fields", out_f)):
+            if value is not None:
+                _check_fields(value, f"layers({', '.join(k.__name__ for k in kinds)}) {side}")
         self._types.append((kinds, _Declaration(in_f, out_f, _check_layout(layout))))
         return self
 
     def norm(self, module: Target, fields: Fields) -> SymmetrySpec:
         """Declare the fields a normalisation layer normalises (by default, the preceding layer's)."""
+        _check_fields(fields, f"norm({_show(module)}) fields")
         self._layers.append((_check_target(module, "norm"), _Declaration(fields, fields)))
         return self
 
@@ -269,6 +281,8 @@ class SymmetrySpec:
             >>> SymmetrySpec("C4").fields("regular", 16, "conv1 out_fields")
             Representation(regular+regular+regular+regular, C4, dim=16)
         """
+        if isinstance(fields, str) and fields.strip().lower() == "grid":
+            fields = self._square_grid(channels, where)
         if isinstance(fields, (str, Representation)):
             base = self._field(fields, where)
             if len(base.summands) > 1 and base.dim != channels:  # a sum is taken as the whole layout
@@ -310,14 +324,33 @@ class SymmetrySpec:
         return self._field_cache[key, 1]
 
     def _named_field(self, key: str, where: str) -> Representation:
+        grid = re.fullmatch(r"grid(\d+)x(\d+)", key)
         try:
+            if grid is not None:  # the pixels of a flattened H x W image
+                return grid_representation(self.group, (int(grid[1]), int(grid[2])))
             if key == "mirror":  # 1-D signals: pairs of channels the mirrors swap
                 from lightning_equi.actions.signals import mirror_representation
 
                 return mirror_representation(self.group)
             return representation_by_name(self.group, key)
         except ValueError as err:
-            raise ValueError(f"{where}: {err}") from err
+            hint = (
+                f"\n  {'grid<H>x<W>':<10} the pixels of a flattened H x W image (e.g. 'grid8x8'); 'grid': "
+                "a square one filling the channels"
+                if grid is None and "Valid names" in str(err)
+                else ""
+            )
+            raise ValueError(f"{where}: {err}{hint}") from err
+
+    def _square_grid(self, channels: int, where: str) -> str:
+        side = math.isqrt(channels)
+        if side * side != channels:
+            raise ValueError(
+                f"{where}: 'grid' is a square image of side sqrt({channels}), which is not an integer; "
+                "name the grid, e.g. fields='grid<H>x<W>', repeated for each channel of a flattened "
+                "C x H x W image"
+            )
+        return f"grid{side}x{side}"
 
     def _repeat(self, base: Representation, copies: int) -> Representation:
         if copies == 1:
@@ -384,6 +417,26 @@ def interleaved(rho: Representation, where: str = "fields") -> Representation:
     )
 
 
+def _show(module: Target) -> str:
+    return repr(module) if isinstance(module, str) else type(module).__name__
+
+
+def _check_fields(fields: object, where: str) -> None:
+    """Refuse, when declared, what :meth:`SymmetrySpec.fields` could not read (a number, ...)."""
+    ok = isinstance(fields, (str, Representation)) or (
+        isinstance(fields, (list, tuple))
+        and len(fields) > 0
+        and all(isinstance(f, (str, Representation)) for f in fields)
+    )
+    if not ok:
+        raise TypeError(
+            f"{where}: fields are a field name ('trivial', 'regular', 'standard', 'grid8x8', ...), a "
+            f"Representation, or a non-empty list of them, got {fields!r}. A field type is repeated to "
+            "fill the channels (the number of fields follows from them); to give a number of fields, "
+            "list them, e.g. ['regular'] * 3"
+        )
+
+
 def _check_target(target: Target, method: str) -> Target:
     if not isinstance(target, (nn.Module, str)):
         raise TypeError(
@@ -397,43 +450,77 @@ def _check_target(target: Target, method: str) -> Target:
 
 
 class _Binder:
-    """One pass over ``model.named_modules()`` resolving each parameter to a projector or to free."""
+    """One pass over ``model.named_modules()`` resolving each parameter to a projector or to free.
+
+    Declarations name modules and parameters as the caller wrote them; they are resolved to the
+    objects they name (by identity), so a module registered under two names (``net.head = net[0]``),
+    a submodule wrapped by ``torch.compile`` (its ``_orig_mod``) and a parameter shared by two layers
+    are each bound once, whichever of their names was declared.
+    """
 
     def __init__(self, spec: SymmetrySpec, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"bind() takes an nn.Module, got {type(model).__name__}")
-        self.spec, self.model = spec, model
-        self.names = {id(m): n for n, m in model.named_modules()}
+        self.spec, self.model = spec, _unwrap(model)
+        self.names = {id(m): n for n, m in self.model.named_modules()}
+        self.param_names = {id(t): n for n, t in self.model.named_parameters()}
         self.projectors: dict[tuple, Projector] = {}
 
     def _module_name(self, target: Target, method: str) -> str:
+        """The canonical name (in ``named_modules()``) of the module ``target`` is or names."""
         if isinstance(target, nn.Module):
-            if id(target) not in self.names:
+            module = _unwrap(target)
+            if id(module) not in self.names:
                 raise ValueError(
                     f"{method}(): {type(target).__name__} module {target} is not part of the bound model"
                 )
-            return self.names[id(target)]
+            return self.names[id(module)]
         try:
-            self.model.get_submodule(target)
+            module = _unwrap(self.model.get_submodule(target))
         except AttributeError:
+            hint = (
+                f" ({target!r} is a parameter: spec.free() takes parameter names, spec.parameter() "
+                "declares one)"
+                if self._parameter(target) is not None
+                else ""
+            )
             raise ValueError(
-                f"{method}({target!r}): the model has no submodule named {target!r}; its layers are "
+                f"{method}({target!r}): the model has no submodule named {target!r}{hint}; its layers are "
                 f"{_layer_names(self.model)}"
             ) from None
-        return target
+        return self.names[id(module)]
 
-    def _free_names(self) -> set[str]:
-        params = dict(self.model.named_parameters())
-        free: set[str] = set()
+    def _parameter(self, name: str) -> nn.Parameter | None:
+        try:
+            return self.model.get_parameter(name)
+        except AttributeError:
+            return None
+
+    def _free_tensors(self) -> set[int]:
+        """The ids of the parameters and buffers left free, whatever names they were given by."""
+        free: set[int] = set()
         for target in self.spec._free:
-            if isinstance(target, str) and target in params:
-                free.add(target)
-                continue
-            name = self._module_name(target, "free")
-            module = self.model.get_submodule(name)
-            free.update(f"{name}.{p}" if name else p for p, _ in module.named_parameters())
-            free.update(f"{name}.{b}" if name else b for b, _ in module.named_buffers())
+            if isinstance(target, str):
+                param = self._parameter(target)
+                if param is not None:
+                    free.add(id(param))
+                    continue
+            module = self.model.get_submodule(self._module_name(target, "free"))
+            free.update(id(t) for t in module.parameters())
+            free.update(id(t) for t in module.buffers())
         return free
+
+    def _declared_parameters(self) -> dict[int, TensorAction | Projector]:
+        declared: dict[int, TensorAction | Projector] = {}
+        for name, action in self.spec._parameters.items():
+            param = self._parameter(name)
+            if param is None:
+                raise ValueError(
+                    f"parameter({name!r}): the model has no parameter named {name!r}; its parameters are "
+                    f"{_first(list(self.param_names.values()))}"
+                )
+            declared[id(param)] = action
+        return declared
 
     def _projector(self, action: TensorAction) -> Projector:
         key = (tuple(action.shape), tuple((id(rep), n) for rep, n in action.factors))
@@ -443,15 +530,17 @@ class _Binder:
 
     def run(self) -> ModelProjection:
         spec = self.spec
-        declared = {self._module_name(t, "layer"): d for t, d in spec._layers}
-        free = self._free_names()
-        params = dict(self.model.named_parameters())
-        for name in spec._parameters:
-            if name not in params:
-                raise ValueError(f"parameter({name!r}): the model has no parameter named {name!r}")
-        entries: list[ProjectedTensor] = []
-        missing: list[str] = []
+        _check_materialized(self.model)
+        declared: dict[str, _Declaration] = {}
+        for target, decl in spec._layers:
+            declared[self._module_name(target, "layer")] = decl
+        free = self._free_tensors()
+        by_parameter = self._declared_parameters()
+        # tensor id -> (entry, where it was declared); and the undeclared tensors, in order
+        bound: dict[int, tuple[ProjectedTensor, str]] = {}
+        missing: dict[int, str] = {}
         previous: tuple[Representation, str] | None = None  # fields written by the last declared layer
+        before: list[nn.Module] = []  # the leaf modules met so far (for the pixel-grid warning)
         undeclared: tuple[str, str] | None = None  # the last layer without fields, and how it is covered
         for layer, module in self.model.named_modules():
             own = [(n, t, False) for n, t in module.named_parameters(recurse=False)]
@@ -459,13 +548,12 @@ class _Binder:
             qualified = {n: f"{layer}.{n}" if layer else n for n, _, _ in own}
             where = f"layer {layer!r} ({describe_layer(module)})"
             actions: dict[str, TensorAction] = {}
-            wanted = [
-                n for n, _, _ in own if qualified[n] not in free and qualified[n] not in spec._parameters
-            ]
+            wanted = [n for n, t, _ in own if id(t) not in free and id(t) not in by_parameter]
             # a type-wide declaration does not reach a layer whose parameters are all free
             decl = declared.get(layer) or (self._type_declaration(module) if wanted else None)
             if isinstance(module, LAYERS) and decl is not None:
                 rho_in, rho_out = self._layer_fields(module, decl, where)
+                _warn_flattened_image(module, decl, rho_in, before, where)
                 actions = layer_actions(module, rho_in, rho_out, where) if wanted else {}
                 previous = (rho_out, layer)
             elif isinstance(module, NORMS) and wanted:
@@ -482,12 +570,16 @@ class _Binder:
                 )
             elif isinstance(module, LAYERS):
                 previous = None  # an undeclared layer breaks the chain of fields
-                undeclared = (layer, _how_covered(qualified.values(), free, spec._parameters))
+                covered = {qualified[n]: by_parameter.get(id(t)) for n, t, _ in own if id(t) in by_parameter}
+                freed = {qualified[n] for n, t, _ in own if id(t) in free}
+                undeclared = (layer, _how_covered(qualified.values(), freed, covered))
+            if not any(True for _ in module.children()):
+                before.append(module)
             for n, tensor, is_buffer in own:
-                q = qualified[n]
-                if q in free:
+                if id(tensor) in free:
                     continue
-                raw = spec._parameters.get(q)
+                q = self.param_names.get(id(tensor), qualified[n])  # a tied parameter: its first name
+                raw = by_parameter.get(id(tensor))
                 if raw is not None:
                     projector = raw if isinstance(raw, Projector) else self._projector(raw)
                     if projector.shape != tensor.shape:
@@ -500,12 +592,39 @@ class _Binder:
                 elif is_buffer:
                     continue  # buffers of layers we do not constrain are not trained
                 else:
-                    missing.append(q)
+                    if id(tensor) not in bound:
+                        missing.setdefault(id(tensor), q)
                     continue
-                entries.append(ProjectedTensor(q, projector, is_buffer, layer, module, n))
+                entry = ProjectedTensor(q, projector, is_buffer, layer, module, n)
+                self._bind_once(bound, missing, id(tensor), entry, qualified[n])
         if missing:
-            raise ValueError(self._missing_message(missing))
-        return ModelProjection(self.spec.group, self.model, entries, sorted(free & set(params)))
+            raise ValueError(self._missing_message(list(missing.values())))
+        free_names = sorted(n for i, n in self.param_names.items() if i in free)
+        return ModelProjection(self.spec.group, self.model, [e for e, _ in bound.values()], free_names)
+
+    def _bind_once(
+        self,
+        bound: dict[int, tuple[ProjectedTensor, str]],
+        missing: dict[int, str],
+        key: int,
+        entry: ProjectedTensor,
+        alias: str,
+    ) -> None:
+        """A tensor shared by two layers (tied weights) is bound once; both declarations must agree."""
+        missing.pop(key, None)  # declared by this layer, if not by an earlier one
+        if key not in bound:
+            bound[key] = (entry, alias)
+            return
+        first, first_alias = bound[key]
+        if first.projector is not entry.projector:
+            raise ValueError(
+                f"the parameter {entry.name!r} is shared by two layers, and their declarations give it "
+                f"different actions (layer {first.layer!r} as {first_alias!r}: {first.projector.kind}, "
+                f"dim E {first.projector.dim}; layer {entry.layer!r} as {alias!r}: "
+                f"{entry.projector.kind}, dim E {entry.projector.dim}); declare the fields of both layers "
+                "alike, or declare the "
+                f"parameter once with spec.parameter({entry.name!r}, ...)"
+            )
 
     def _type_declaration(self, module: nn.Module) -> _Declaration | None:
         for kinds, decl in reversed(self.spec._types):
@@ -590,6 +709,68 @@ def _how_covered(names: Iterable[str], free: set[str], parameters: dict[str, obj
     if any(n in parameters for n in names):
         return "declared by spec.parameter(...)"
     return "not declared"
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), or ``module`` itself."""
+    inner = getattr(module, "_orig_mod", None)
+    return _unwrap(inner) if isinstance(inner, nn.Module) else module
+
+
+def _check_materialized(model: nn.Module) -> None:
+    """Lazy layers (``nn.LazyLinear``, ...) have no shape to project until their first forward."""
+    lazy = [
+        f"{name!r} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if any(is_lazy(t) for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+    ]
+    if lazy:
+        raise ValueError(
+            f"the layers {', '.join(lazy)} are lazy: their parameters have no shape until the first forward "
+            "pass, so the group's action on them is not known yet. Run one forward pass on an example "
+            "batch before binding (e.g. in the LightningModule's __init__), or give the layer its sizes "
+            "(nn.Linear(in_features, out_features))"
+        )
+
+
+def _warn_flattened_image(
+    module: nn.Module, decl: _Declaration, rho_in: Representation, before: list[nn.Module], where: str
+) -> None:
+    """A ``Linear`` right after ``nn.Flatten`` of an image reads pixels: ``'regular'`` there binds, with the
+    same dim E as the pixel grid, to another (wrong) action; say which field names the pixels."""
+    if not (isinstance(module, nn.Linear) and isinstance(decl.in_fields, str)) or not before:
+        return
+    if decl.in_fields.strip().lower().startswith("grid") or not isinstance(before[-1], nn.Flatten):
+        return
+    source = before[-2] if len(before) > 1 else None
+    pooled = isinstance(source, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and all(
+        s == 1 for s in _as_tuple(source.output_size)
+    )
+    if pooled or isinstance(source, (nn.Linear, nn.Flatten)):
+        return  # features without pixels
+    try:
+        grid_representation(rho_in.group, (2, 2))
+    except ValueError:
+        return  # a group that does not move pixels (the torus's regular fields are its pixels)
+    side = math.isqrt(module.in_features)
+    fix = f"'grid{side}x{side}'" if side * side == module.in_features else "'grid<H>x<W>'"
+    warnings.warn(
+        f"{where} follows nn.Flatten and declares in_fields={decl.in_fields!r}: if it reads a flattened "
+        f"image, its inputs are pixels, on which {rho_in.group.name} acts by moving them, and "
+        f"'{decl.in_fields}' binds to another action with the same dim E (a wrong subspace). Declare "
+        f"in_fields={fix} (one copy per channel of a C x H x W image). If the inputs really are "
+        f"{decl.in_fields} fields, pass them as a Representation (e.g. regular(group)) to say so",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _as_tuple(size: object) -> tuple:
+    return tuple(size) if isinstance(size, (tuple, list)) else (size,)
+
+
+def _first(names: list[str], limit: int = 12) -> str:
+    return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "") or "(none)"
 
 
 def _layer_names(model: nn.Module, limit: int = 12) -> str:
