@@ -256,8 +256,9 @@ class EquivarianceMonitor(Callback):
                 else self.probe_batch(trainer, pl_module)
             )
             self._set_probe(trainer, probe)
-            self._check_outputs(pl_module)
-            self._check_geometry(pl_module)
+            if self._probe is not None:  # else empty: taken from the first non-empty batch
+                self._check_outputs(pl_module)
+                self._check_geometry(pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 logger.experiment.add_custom_scalars(custom_scalars_layout())
@@ -278,6 +279,8 @@ class EquivarianceMonitor(Callback):
                     f"EquivarianceMonitor takes its probe from entry 0 of a tuple/list batch, but the batch "
                     f"is a {type(batch).__name__}: pass probe_batch=<inputs tensor or function>"
                 )
+            if self._probe is None:
+                return  # an empty batch: the probe (and its checks) come with the next one
             self._check_outputs(pl_module)
             self._check_geometry(pl_module)
 
