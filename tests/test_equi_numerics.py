@@ -130,8 +130,9 @@ def _fit_digits(quiet_trainer, digits, mode, epochs, channels=16, opt="adam", lr
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
 def test_issue_setting_equi_evaluates_the_network_it_trained(quiet_trainer, digits, opt):
     """The issue's run (C4, 16 channels, batch 64, 4 epochs on 1024 digits): eval-mode accuracy equals
-    the accuracy with statistics recomputed at the final weights. Before: 0.16 against 0.49 (Adam),
-    0.25 against 0.54 (SGD); the moving averages alone (recalibrate_bn=0) still show it."""
+    the accuracy with statistics recomputed at the final weights. Before (means of 3 seeds): 0.16
+    against 0.49 (Adam), 0.25 against 0.54 (SGD); the moving averages alone (recalibrate_bn=0) still
+    show it (seed 0: 0.24 against 0.51, 0.37 against 0.49)."""
     _, _, x_test, y_test = digits
     lr = 1e-2 if opt == "adam" else 0.1
     model = _fit_digits(quiet_trainer, digits, "equi", 4, opt=opt, lr=lr)
@@ -141,7 +142,7 @@ def test_issue_setting_equi_evaluates_the_network_it_trained(quiet_trainer, digi
 
     stale = _fit_digits(quiet_trainer, digits, "equi", 4, opt=opt, lr=lr, recalibrate_bn=0, init="project")
     lagging = _accuracy(stale, x_test, y_test)
-    assert lagging < _recomputed_accuracy(stale, resolve_spec(stale), digits[0], x_test, y_test) - 0.1
+    assert lagging < _recomputed_accuracy(stale, resolve_spec(stale), digits[0], x_test, y_test) - 0.05
 
 
 def test_equi_not_far_below_nom_on_a_task_both_learn(quiet_trainer, digits):
