@@ -298,8 +298,14 @@ def output_action(outputs: Any, group: Any) -> OutputActions:
     Example:
         >>> output_action({"node": "set", "graph": None}, "S4")
         {'node': SetAction(S4, exact=True), 'graph': None}
+        >>> from lightning_equi.actions import ImageAction
+        >>> output_action([ImageAction("D4")], "C4")
+        Traceback (most recent call last):
+        ...
+        ValueError: outputs[0] acts by D4, but the group is C4
     """
     from lightning_equi.actions import make_action  # the core's actions; imported late (no import cycle)
+    from lightning_equi.groups import get_group
 
     def build(config: Any, where: str) -> Any:
         if config is None:
@@ -309,10 +315,14 @@ def output_action(outputs: Any, group: Any) -> OutputActions:
         if _structured(config):
             return [build(v, f"{where}[{i}]") for i, v in enumerate(config)]
         try:
-            return make_action(config, group)
+            action = make_action(config, group)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{where}: {err}") from err
+        if action.group != expected:
+            raise ValueError(f"{where} acts by {action.group.name}, but the group is {expected.name}")
+        return action
 
+    expected = get_group(group)
     return build(outputs, "outputs")
 
 

@@ -228,3 +228,18 @@ def test_assert_equivariant_tolerance_follows_the_dtype():
         assert_equivariant(almost, x, "C4")
     assert_equivariant(almost, x, "C4", atol=1e-5)
     assert_equivariant(lambda t: almost(t).float(), x, "C4")  # float32 outputs: float32 tolerance
+
+
+def test_assert_equivariant_on_a_model_with_several_outputs():
+    """A map and its pooled value: the map turns with the image, the pooled value is invariant."""
+    x = torch.rand(3, 1, 6, 6)
+
+    def two_outputs(t):
+        return {"map": torch.tanh(t), "pooled": t.mean(dim=(1, 2, 3))}
+
+    out = assert_equivariant(two_outputs, x, "D4", act_out={"map": "image", "pooled": None})
+    assert float(out["max"]) < 1e-6
+    with pytest.raises(AssertionError, match="not equivariant under D4"):  # the map declared invariant
+        assert_equivariant(two_outputs, x, "D4", act_out={"map": None, "pooled": None})
+    with pytest.raises(ValueError, match=r"outputs\['map'\] acts by C4, but the group is D4"):
+        assert_equivariant(two_outputs, x, "D4", act_out={"map": ImageAction("C4"), "pooled": None})

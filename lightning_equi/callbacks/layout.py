@@ -32,6 +32,7 @@ TAGS = {
     "equi/functional_error": "E_g ||f(g x) - g f(x)|| / ||f(x)|| on the probe batch",
     "equi/functional_error_exact": "the same, over elements acting exactly on the data grid",
     "equi/functional_error_inexact": "the same, over elements acting by interpolation",
+    "equi/functional_error/<entry>": "the same, for one entry of a model with several outputs",
 }
 
 

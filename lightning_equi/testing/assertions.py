@@ -11,13 +11,20 @@ no network is equivariant to the interpolation error.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_equi.actions import Action, interpolates, make_action
 from lightning_equi.groups import Group, get_group
-from lightning_equi.metrics import probe_elements, relative_errors, transformed_outputs
+from lightning_equi.metrics import (
+    output_action,
+    output_entries,
+    probe_elements,
+    relative_errors,
+    transformed_outputs,
+)
 
 __all__ = ["assert_equivariant", "TOLERANCES"]
 
@@ -36,7 +43,7 @@ def assert_equivariant(
     x: Tensor,
     group: Group | str | None = None,
     act_in: str | Action = "image",
-    act_out: str | Action | None = None,
+    act_out: Any = None,
     elements: Tensor | None = None,
     draws: int = 4,
     atol: float | None = None,
@@ -50,7 +57,10 @@ def assert_equivariant(
         x: a batch of inputs ``(B, ...)``.
         group: the group (a name or a Group); may be left out when ``act_in`` is an Action.
         act_in: the action on the inputs: an Action or a name (``"image"``, ``"points"``, ``"set"``, ...).
-        act_out: the action on the outputs; ``None`` for an invariant model.
+        act_out: the action on the outputs; ``None`` for an invariant model; for a model with several
+            outputs (a tuple, list or dict), one action (or ``None``) per entry, as
+            :func:`lightning_equi.metrics.output_action` takes them. A sample's error is then its
+            worst entry's, and the tolerance is that of the first entry's dtype.
         elements: the elements to check, each applied to every sample (``(k, ...)``); by default the
             group's :meth:`~lightning_equi.groups.Group.testing_elements` (every element of a small
             finite group) and ``draws`` seeded Haar draws per sample otherwise
@@ -85,11 +95,10 @@ def assert_equivariant(
             raise ValueError("assert_equivariant needs the group: pass group='C4' (or another), or an Action")
         group = act_in.group
     group = get_group(group)
-    act_in, act_out = make_action(act_in, group), None if act_out is None else make_action(act_out, group)
-    for name, act in (("act_in", act_in), ("act_out", act_out)):
-        if act is not None and act.group != group:
-            raise ValueError(f"{name} acts by {act.group.name}, but group={group.name!r}")
-    batch = x.shape[0]
+    act_in, act_out = make_action(act_in, group), output_action(act_out, group)
+    if act_in.group != group:
+        raise ValueError(f"act_in acts by {act_in.group.name}, but group={group.name!r}")
+    batch = act_in.batch_size(x)
     if elements is None:
         g, exact = probe_elements(act_in, batch, draws, torch.Generator().manual_seed(seed))
     else:
@@ -98,6 +107,7 @@ def assert_equivariant(
         exact = act_in.exact_mask(g)
     f_gx, g_fx, fx = transformed_outputs(model, x, g, act_in, act_out, eval_mode)
     errors = relative_errors(f_gx, g_fx, fx)
+    dtype = next(iter(output_entries(fx).values())).dtype
     # elements that resample a grid are only reported: their error is the interpolation's
     checked = exact.to(errors.device) | (not interpolates(act_in))
     if not bool(checked.any()):
@@ -105,7 +115,7 @@ def assert_equivariant(
             f"none of the {g.shape[0] // batch} elements acts exactly on the data under {act_in!r}: pass "
             "elements= that map the grid onto itself (e.g. quarter turns), or an exact action"
         )
-    tolerance = TOLERANCES.get(fx.dtype, TOLERANCES[torch.float32]) if atol is None else float(atol)
+    tolerance = TOLERANCES.get(dtype, TOLERANCES[torch.float32]) if atol is None else float(atol)
     masked = torch.where(checked, errors, torch.zeros_like(errors))
     if not bool(torch.isfinite(errors[checked]).all()):
         raise AssertionError(
@@ -118,7 +128,7 @@ def assert_equivariant(
         failing = int((per_element > tolerance).sum())
         raise AssertionError(
             f"not equivariant under {group.name}: relative error {float(masked[worst]):.3g} at element "
-            f"{element} (tolerance {tolerance:g} for {fx.dtype}; {failing} of {per_element.numel()} elements "
+            f"{element} (tolerance {tolerance:g} for {dtype}; {failing} of {per_element.numel()} elements "
             f"fail, sample {worst % batch}). Check act_in={act_in!r} and act_out={act_out!r} against the "
             "model."
         )
