@@ -18,8 +18,11 @@ level of each subcommand (next to ``trainer``, ``model`` and ``data``):
 The mode's callbacks are built once the model exists and are added to those configured under
 ``trainer.callbacks`` (which are kept), before the Trainer is created, so the Trainer orders them
 as usual (checkpointing last). An unknown mode fails while parsing; a mode whose prerequisites are
-missing (``aug`` without an action on the data or a group, ``equi`` on a model without a spec) fails
-before training, with :class:`ModeConfigError`; the console script prints it and exits with code 2.
+missing (``aug`` without an action on the data or a group, ``equi`` on a model without a spec, an
+unknown group, a group other than the spec's, a spec that does not fit the model) fails before
+training, with :class:`ModeConfigError`; the console script prints it, like any misconfiguration met
+once the fit runs, as ``lightning-equi: error: ...`` and exits with code 2. The model's
+``symmetry_spec()`` may return a SymmetrySpec or a ready ModelProjection.
 
 Example (shell)::
 
@@ -43,7 +46,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_equi.callbacks.modes import MODES, build_callbacks
-from lightning_equi.subspace import SymmetrySpec
+from lightning_equi.subspace import ModelProjection, SymmetrySpec
 
 __all__ = ["EquiCLI", "ModeConfigError", "main", "MODE_OPTIONS"]
 
@@ -180,14 +183,14 @@ class EquiCLI(LightningCLI):
             >>> [type(cb).__name__ for cb in EquiCLI.build_mode_callbacks(BoringEquiModel(), "nom")]
             ['EquivarianceMonitor']
         """
-        spec: SymmetrySpec | None = None
+        spec: SymmetrySpec | ModelProjection | None = None
         method = getattr(model, "symmetry_spec", None)
         if callable(method):
-            spec = method()
-            if not isinstance(spec, SymmetrySpec):
+            spec = method()  # a ModelProjection too: what escnn_spec gives and HasSymmetrySpec allows
+            if not isinstance(spec, (SymmetrySpec, ModelProjection)):
                 raise ModeConfigError(
                     f"{type(model).__name__}.symmetry_spec() returned {type(spec).__name__}, "
-                    "expected a SymmetrySpec"
+                    "expected a SymmetrySpec or a ModelProjection"
                 )
         if monitor is None:
             monitor = spec is not None
@@ -212,7 +215,7 @@ class EquiCLI(LightningCLI):
                 model=model,
                 **options,
             )
-        except MisconfigurationException as err:
+        except (MisconfigurationException, TypeError, ValueError) as err:
             raise ModeConfigError(
                 f"--mode {mode}: {err}\n(command-line options: --group, --inputs, --targets, --monitor, "
                 "--monitor_every_n_steps, --seed_aug, --mode_options)"
@@ -222,7 +225,8 @@ class EquiCLI(LightningCLI):
 def main(args: ArgsType = None) -> None:
     """The ``lightning-equi`` console script: ``lightning-equi fit --model ... --mode equi``.
 
-    A mode that cannot be set up prints ``lightning-equi: error: ...`` and exits with code 2.
+    A mode that cannot be set up, and any misconfiguration found once the fit starts (a spec that
+    does not fit the model, ...), prints ``lightning-equi: error: ...`` and exits with code 2.
 
     Example (shell)::
 
@@ -230,7 +234,7 @@ def main(args: ArgsType = None) -> None:
     """
     try:
         EquiCLI(args=args, parser_kwargs={"prog": "lightning-equi"})
-    except ModeConfigError as err:
+    except MisconfigurationException as err:  # ModeConfigError, and those raised once the fit runs
         print(f"lightning-equi: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -178,3 +178,14 @@ def test_a_grid_that_is_not_square_or_not_a_pixel_group_is_refused():
         SymmetrySpec("C8").layer("0", "grid8x8", "trivial").bind(nn.Sequential(nn.Linear(64, 1)))
     with pytest.raises(ValueError, match=r"grid<H>x<W>"):
         SymmetrySpec("C4").layer("0", "pixels", "trivial").bind(nn.Sequential(nn.Linear(64, 1)))
+
+
+def test_the_readme_example_of_the_pixel_grid_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("A `Linear` reading a flattened image reads pixels") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(block, "README.md", "exec"), {})  # noqa: S102  (asserts the rot90 invariance itself)
+    assert "grid8x8" in block

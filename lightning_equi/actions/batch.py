@@ -128,6 +128,45 @@ class BatchAction(Action):
         device = _device(self._get(batch, key))
         return self.group.sample(n, generator=generator, device=device)
 
+    def unacted_like_inputs(self, batch: Any) -> list[tuple[Any, tuple[int, ...], Any]]:
+        """The entries of ``batch`` that look transformed by an action but are not: tensors with no
+        action, not declared ``None`` explicitly, whose batch size and trailing spatial shape equal
+        those of an entry acted on by an action on a grid (an image's mask, a second image).
+
+        Returns:
+            ``(key, shape, key of the input it matches)`` per such entry.
+
+        Example:
+            >>> from lightning_equi.actions import ImageAction
+            >>> image, mask = torch.rand(2, 3, 8, 8), torch.randint(3, (2, 8, 8))
+            >>> BatchAction({0: ImageAction("C4")}).unacted_like_inputs((image, mask))
+            [(1, (2, 8, 8), 0)]
+            >>> BatchAction({0: ImageAction("C4"), 1: None}).unacted_like_inputs((image, mask))  # said so
+            []
+        """
+        if isinstance(batch, Mapping):
+            items = list(batch.items())
+        elif isinstance(batch, (list, tuple)):
+            items = list(enumerate(batch))
+        else:
+            return []
+        declared = set(self.actions) if isinstance(self.actions, Mapping) else set(range(len(self.actions)))
+        grids = []
+        for key, act in self._entries.items():
+            dims = getattr(act, "spatial_dims", None)  # actions that move the points of a grid
+            x = batch[key] if key is not None and key in dict(items) else None
+            if isinstance(dims, int) and isinstance(x, Tensor) and x.dim() > dims:
+                grids.append((key, x.shape[0], tuple(x.shape[-dims:]), dims))
+        found = []
+        for key, value in items:
+            if key in declared or not isinstance(value, Tensor):
+                continue
+            for source, size, spatial, dims in grids:
+                if value.dim() > dims and value.shape[0] == size and tuple(value.shape[-dims:]) == spatial:
+                    found.append((key, tuple(value.shape), source))
+                    break
+        return found
+
     def __repr__(self) -> str:
         return f"BatchAction({self.actions!r})"
 

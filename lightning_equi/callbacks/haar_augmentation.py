@@ -103,6 +103,7 @@ class HaarAugmentation(Callback):
         self._generator: torch.Generator | None = None
         self._pending_state: Any = None
         self._trainer: Trainer | None = None
+        self._checked_targets = False
 
     @property
     def generator(self) -> torch.Generator | None:
@@ -146,6 +147,9 @@ class HaarAugmentation(Callback):
         :func:`lightning_equi.actions.augment` with the callback's generator and options."""
         if self._generator is None:  # used outside a Trainer
             self._generator = self._make_generator(0)
+        if not self._checked_targets:
+            self._checked_targets = True
+            self._warn_unacted(batch)
         return augment(
             batch,
             self.group,
@@ -155,6 +159,18 @@ class HaarAugmentation(Callback):
             copies=self.copies,
             orbit=self.orbit,
         )
+
+    def _warn_unacted(self, batch: Any) -> None:
+        """Once, on the first batch: an entry shaped like a transformed input but left unchanged (a
+        segmentation mask with ``targets`` unset) no longer matches its input after augmentation."""
+        for key, shape, source in self.action.unacted_like_inputs(batch):
+            rank_zero_warn(
+                f"HaarAugmentation: batch entry {key!r} (shape {shape}) has the batch size and spatial shape "
+                f"of the input entry {source!r}, which {self.group.name} transforms, but no action: it is "
+                "left as it is, so a mask or target image no longer matches its transformed input. If it "
+                f"transforms with the input, declare targets='image' (or targets={{{key!r}: 'image'}}); "
+                f"if it is invariant, say so with targets={{{key!r}: None}}, which silences this warning"
+            )
 
     def _make_generator(self, rank: int) -> torch.Generator:
         base = self.seed if self.seed is not None else torch.initial_seed()

@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
@@ -22,7 +22,7 @@ from lightning_equi.actions import ActionConfig, action_names_for, make_action
 from lightning_equi.callbacks.equivariance_monitor import EquivarianceMonitor
 from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
 from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
-from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE, group_or_none
+from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE, binds_late, group_or_none
 from lightning_equi.groups import Group, get_group
 from lightning_equi.subspace import ModelProjection, SymmetrySpec, resolve_spec
 
@@ -118,7 +118,8 @@ def build_callbacks(
     if group is None and declared is not None:
         group = declared.group  # the group the spec declares
     _check_inputs(inputs, group)
-    if model is not None and declared is not None and (monitor or mode == "equi"):
+    late = isinstance(model, LightningModule) and binds_late(model)  # layers built in its setup()
+    if model is not None and declared is not None and not late and (monitor or mode == "equi"):
         try:  # bind now, so that a spec error surfaces here rather than at the fit's setup
             resolve_spec(model, declared)
         except (TypeError, ValueError) as err:
