@@ -189,3 +189,10 @@ def test_the_readme_example_of_the_pixel_grid_runs():
     block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(block, "README.md", "exec"), {})  # noqa: S102  (asserts the rot90 invariance itself)
     assert "grid8x8" in block
+
+
+def test_free_takes_a_module_by_an_alias():
+    net = _mlp()
+    net.head = net[2]
+    projection = SymmetrySpec("C4").layers(nn.Linear, fields="regular").free("head").bind(net)
+    assert projection.free_names == ["2.bias", "2.weight"]
