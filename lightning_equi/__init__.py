@@ -57,6 +57,7 @@ _LAZY = {
     **dict.fromkeys(
         [
             "ImageAction",
+            "VolumeAction",
             "PointCloudAction",
             "SetAction",
             "GraphAction",

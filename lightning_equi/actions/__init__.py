@@ -18,12 +18,14 @@ from lightning_equi.actions.points import PointCloudAction
 from lightning_equi.actions.registry import ACTION_NAMES, action_names_for, make_action
 from lightning_equi.actions.sets import GraphAction, SetAction
 from lightning_equi.actions.signals import SignalAction, mirror_representation
+from lightning_equi.actions.volumes import VolumeAction
 
 __all__ = [
     "Action",
     "FiberAction",
     "interpolates",
     "ImageAction",
+    "VolumeAction",
     "PointCloudAction",
     "SetAction",
     "GraphAction",

@@ -104,11 +104,15 @@ def interpolates(action: Action | None) -> bool:
         (True, False)
         >>> interpolates(PointCloudAction("SO2"))  # rotated coordinates are only rounded
         False
+        >>> from lightning_equi.actions import VolumeAction
+        >>> interpolates(VolumeAction("SO3"))  # the cube's rotations exact, the others resampled
+        True
     """
     from lightning_equi.actions.images import ImageAction  # images imports this module
+    from lightning_equi.actions.volumes import VolumeAction
 
     spatial = getattr(action, "spatial", action)  # an action on escnn GeometricTensors moves its base space
-    return isinstance(spatial, ImageAction) and not spatial.exact
+    return isinstance(spatial, (ImageAction, VolumeAction)) and not spatial.exact
 
 
 def _trivial(rep: Representation) -> bool:

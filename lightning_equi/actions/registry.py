@@ -12,6 +12,7 @@ from lightning_equi.actions.images import ImageAction
 from lightning_equi.actions.points import PointCloudAction
 from lightning_equi.actions.sets import GraphAction, SetAction
 from lightning_equi.actions.signals import SignalAction, mirror_representation
+from lightning_equi.actions.volumes import VolumeAction
 from lightning_equi.groups import Group, get_group, representation_by_name
 
 __all__ = ["ACTION_NAMES", "make_action", "action_names_for"]
@@ -19,6 +20,7 @@ __all__ = ["ACTION_NAMES", "make_action", "action_names_for"]
 #: names accepted for ``inputs``/``targets``; ``<kind>:<fields>`` also sets the channel fields
 ACTION_NAMES = {
     "image": "ImageAction: images, feature maps, masks (B, C, H, W) or (B, H, W)",
+    "volume": "VolumeAction: volumes, 3D feature maps, masks (B, C, D, H, W) under SO3/O3",
     "points": "PointCloudAction: point clouds (B, N, d)",
     "set": "SetAction: sets (B, n, ...) under S_n",
     "graph": "GraphAction: adjacency matrices (B, n, n) under S_n",
@@ -26,6 +28,7 @@ ACTION_NAMES = {
 }
 _KINDS = {
     "image": ImageAction,
+    "volume": VolumeAction,
     "points": PointCloudAction,
     "set": SetAction,
     "graph": GraphAction,
@@ -33,6 +36,7 @@ _KINDS = {
 }
 _FIELDS = {
     "image": ("fields", ImageAction),
+    "volume": ("fields", VolumeAction),
     "points": ("features", PointCloudAction),
     "signal": ("fields", SignalAction),
 }
@@ -41,7 +45,7 @@ _FIELDS = {
 def make_action(name: str | Action, group: Group | str) -> Action:
     """The action called ``name`` (see :data:`ACTION_NAMES`): ``"image"``, ``"image:standard"``, ...
 
-    ``<kind>:<fields>`` gives the representation on the channels (``image``, ``signal``) or point
+    ``<kind>:<fields>`` gives the representation on the channels (``image``, ``volume``, ``signal``) or point
     features (``points``): ``trivial``, ``regular``, ``standard``, ``sign`` or ``irrep<k>``, and for
     signals ``mirror`` (pairs of channels the mirrors swap). An
     :class:`~lightning_equi.actions.Action` is returned as it is.
@@ -57,6 +61,8 @@ def make_action(name: str | Action, group: Group | str) -> Action:
         GraphAction(S5, exact=True)
         >>> make_action("signal:mirror", "D8")
         SignalAction(D8, exact=True)
+        >>> make_action("volume:standard", "SO3")  # vector fields on voxel grids
+        VolumeAction(SO3, exact=False)
     """
     if isinstance(name, Action):
         return name

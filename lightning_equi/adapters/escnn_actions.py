@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_equi.actions import Action, ImageAction
+from lightning_equi.actions import Action, ImageAction, VolumeAction
 from lightning_equi.adapters.escnn_groups import escnn_element, group_from_escnn, mirror_offset
 from lightning_equi.adapters.escnn_import import require_escnn
 from lightning_equi.groups import O2, SO2, FiniteGroup
@@ -168,7 +168,9 @@ class GeometricTensorAction(Action):
 
     Args:
         field_type: an ``escnn.nn.FieldType`` on a 2D gspace (``rot2dOnR2``, ``flipRot2dOnR2``,
-            ``flip2dOnR2``, ``trivialOnR2``) or on ``no_base_space``.
+            ``flip2dOnR2``, ``trivialOnR2``), on ``rot3dOnR3``/``flipRot3dOnR3`` (volumes ``(B, C, D, H,
+            W)`` moved by :class:`~lightning_equi.actions.VolumeAction`: the cube's rotations exactly,
+            the others by trilinear resampling) or on ``no_base_space``.
         exact, interpolation, padding_mode: as for :class:`~lightning_equi.actions.ImageAction`.
 
     Example:
@@ -198,16 +200,25 @@ class GeometricTensorAction(Action):
         self.gspace = gspace = field_type.gspace
         # no_base_space has no plane to check a mirror axis against: only its fiber group matters
         self.group = group_from_escnn(gspace if gspace.dimensionality == 2 else gspace.fibergroup)
+        self.spatial: ImageAction | VolumeAction | None
         if gspace.dimensionality == 2:
-            self.spatial: ImageAction | None = ImageAction(
+            self.spatial = ImageAction(
                 self.group, None, exact, interpolation, padding_mode
             )
             self.exact = self.spatial.exact
+        elif gspace.dimensionality == 3:
+            if exact:
+                raise ValueError(
+                    f"GeometricTensorAction on {gspace.name}: SO(3)/O(3) resample volumes in general (only "
+                    "the rotations of the cube act exactly, and exact_mask says which); leave exact=None"
+                )
+            self.spatial = VolumeAction(self.group, None, interpolation, padding_mode)
+            self.exact = False
         elif gspace.dimensionality == 0:
             self.spatial, self.exact = None, True
         else:
             raise ValueError(
-                f"GeometricTensorAction acts on 2D gspaces and no_base_space, got {gspace.name} "
+                f"GeometricTensorAction acts on 2D and 3D gspaces and no_base_space, got {gspace.name} "
                 f"(dimensionality {gspace.dimensionality})"
             )
         # the plane fixes how our mirror converts; without one the conversion is escnn's canonical one
