@@ -219,8 +219,9 @@ def test_geometric_tensor_action_refusals():
             enn.FieldType(gspaces.rot2dOnR2(8), [gspaces.rot2dOnR2(8).trivial_repr]), exact=True
         )
     gs3 = gspaces.rot3dOnR3()
-    with pytest.raises(ValueError, match="acts on 2D gspaces and no_base_space"):
-        GeometricTensorAction(enn.FieldType(gs3, [gs3.trivial_repr]))
+    with pytest.raises(ValueError, match="only the rotations of the cube act exactly"):
+        GeometricTensorAction(enn.FieldType(gs3, [gs3.trivial_repr]), exact=True)
+    assert GeometricTensorAction(enn.FieldType(gs3, [gs3.trivial_repr])).spatial.group.name == "SO3"
 
 
 def test_geometric_tensor_action_exact_mask_is_its_base_space_actions():
