@@ -627,3 +627,46 @@ def test_so3_r3conv_model_converts_trains_in_E_and_is_monitored_in_3d(quiet_trai
     assert _monitored(_fit(aug, "aug", quiet_trainer, inputs="volume"))["equi/functional_error_inexact"] > 0
     back = to_escnn(dense)  # basis subspace: the round trip keeps the function
     torch.testing.assert_close(_eval_outputs(back, x), _eval_outputs(dense, x), atol=1e-5, rtol=1e-4)
+
+
+# ---- 8. to_escnn of a grid-subspace model ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gname", ["C4", "D4"])
+def test_to_escnn_of_a_grid_model_reports_the_change_of_the_output(gname, capsys):
+    from lightning_equi.adapters import output_change
+
+    gs = gspaces.rot2dOnR2(4) if gname == "C4" else gspaces.flipRot2dOnR2(4)
+    t0, t1 = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, 2 * [gs.regular_repr])
+    net = enn.SequentialModule(
+        enn.R2Conv(t0, t1, 5, padding=2), enn.ReLU(t1), enn.R2Conv(t1, t1, 5, padding=2)
+    )
+    dense, projection = to_dense(net)  # grid E for C4/D4
+    with torch.no_grad():
+        for p in dense.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    projection.project_parameters_()  # a point of the grid E, outside escnn's basis span
+    probe = t0(_inputs((2, 1, 11, 11)))
+    with pytest.raises(ValueError, match=r"weights of 0 \(.*\), 2 \(.*\) .*output on the probe changes by"):
+        to_escnn(dense, probe=probe)
+    with pytest.warns(UserWarning, match=r"changes by [0-9.]+ \(relative\).*subspace='basis'") as info:
+        back = to_escnn(dense, strict=False, probe=probe)
+    # the reported figure is the change measured independently, on escnn's own forward
+    dense.eval()
+    back.eval()
+    with torch.no_grad():
+        ref, got = dense(probe).tensor, back(probe).tensor
+    change = float((got - ref).norm() / ref.norm())
+    assert f"changes by {change:.3g} (relative)" in str(info[0].message)
+    assert change > 0.05 and output_change(dense, back, probe) == pytest.approx(change)
+    with pytest.warns(UserWarning, match="pass probe=<an input batch>"):
+        to_escnn(dense, strict=False)
+    # trained in escnn's span instead, the round trip keeps the function
+    dense_b, projection_b = to_dense(net, subspace="basis")
+    with torch.no_grad():
+        for p in dense_b.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    projection_b.project_parameters_()
+    assert output_change(dense_b, to_escnn(dense_b), probe) < 1e-5
+    with capsys.disabled():
+        print(f"\n[{gname} grid model -> escnn] relative change of the output on a probe: {change:.3g}")

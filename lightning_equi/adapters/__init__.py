@@ -50,7 +50,7 @@ _LAZY = {
         "lightning_equi.adapters.dense_layers",
     ),
     **dict.fromkeys(
-        ["to_dense", "to_escnn", "escnn_spec", "EscnnModelProjection", "kept_escnn_modules"],
+        ["to_dense", "to_escnn", "escnn_spec", "EscnnModelProjection", "kept_escnn_modules", "output_change"],
         "lightning_equi.adapters.escnn_convert",
     ),
     **dict.fromkeys(

@@ -202,9 +202,7 @@ class GeometricTensorAction(Action):
         self.group = group_from_escnn(gspace if gspace.dimensionality == 2 else gspace.fibergroup)
         self.spatial: ImageAction | VolumeAction | None
         if gspace.dimensionality == 2:
-            self.spatial = ImageAction(
-                self.group, None, exact, interpolation, padding_mode
-            )
+            self.spatial = ImageAction(self.group, None, exact, interpolation, padding_mode)
             self.exact = self.spatial.exact
         elif gspace.dimensionality == 3:
             if exact:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from escnn import nn as enn
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_equi.adapters.dense_layers import (
     DENSE_LAYERS,
@@ -57,7 +57,14 @@ from lightning_equi.subspace import ModelProjection, ProjectedTensor
 if TYPE_CHECKING:
     from lightning_equi.adapters.dense_layers import _DenseLayer
 
-__all__ = ["to_dense", "to_escnn", "escnn_spec", "EscnnModelProjection", "kept_escnn_modules"]
+__all__ = [
+    "to_dense",
+    "to_escnn",
+    "escnn_spec",
+    "EscnnModelProjection",
+    "kept_escnn_modules",
+    "output_change",
+]
 
 # escnn layer -> the dense layer that replaces it, matched with isinstance (subclasses such as
 # R3IcoConv included), first match wins
@@ -357,8 +364,9 @@ def escnn_spec(model: nn.Module, subspace: str | None = None) -> EscnnModelProje
     )
 
 
-def _least_squares(layer: _DenseLayer, target: Any, strict: bool, name: str) -> None:
-    """Set ``target.weights`` (and ``bias``) to the least-squares coefficients of ``layer``'s dense weight."""
+def _least_squares(layer: _DenseLayer, target: Any) -> float:
+    """Set ``target.weights`` (and ``bias``) to the least-squares coefficients of ``layer``'s dense weight;
+    returns the relative residual ``||W - fit|| / ||W||`` of the weight."""
     be = target.basisexpansion
     w = layer.steerable_weight().detach().to("cpu", torch.float64)
     w3 = w.reshape(w.shape[0], w.shape[1], -1)
@@ -381,17 +389,7 @@ def _least_squares(layer: _DenseLayer, target: Any, strict: bool, name: str) -> 
         lo, hi = be._weights_ranges[pair]
         coeffs[lo:hi] = c.reshape(-1)
         fitted[ro, ri] = (c @ b).reshape(blocks.shape)
-    residual = (w3 - fitted).norm() / w3.norm().clamp_min(1e-30)
-    if residual > 1e-4:
-        msg = (
-            f"to_escnn: the weight of {name or 'the model'} is not in span(escnn basis) (relative residual "
-            f"{float(residual):.3g}); escnn keeps only its least-squares projection, a different function. "
-            "A layer trained with subspace='grid' needs a richer escnn basis (more rings, a higher "
-            "frequencies_cutoff), or train with subspace='basis'"
-        )
-        if strict:
-            raise ValueError(msg + "; pass strict=False to convert anyway")
-        warnings.warn(msg, stacklevel=3)
+    residual = float((w3 - fitted).norm() / w3.norm().clamp_min(1e-30))
     with torch.no_grad():
         target.weights.copy_(coeffs.to(target.weights.dtype))
         if layer.bias is not None:
@@ -400,26 +398,88 @@ def _least_squares(layer: _DenseLayer, target: Any, strict: bool, name: str) -> 
                 (torch.linalg.pinv(expansion) @ layer.bias.detach().cpu().double()).to(target.bias.dtype)
             )
     target.to(layer.weight.device)
+    return residual
 
 
-def to_escnn(model: nn.Module, strict: bool = True) -> nn.Module:
+#: a dense weight whose least-squares fit onto escnn's basis leaves more than this (relative) is not in
+#: the basis span: escnn then computes a different function
+SPAN_RTOL = 1e-4
+
+
+def _outputs(model: nn.Module, probe: Any) -> Tensor:
+    with keep_train_modes(model), torch.no_grad():
+        model.eval()
+        out = model(probe)
+    return (out.tensor if isinstance(out, enn.GeometricTensor) else out).detach().double()
+
+
+def output_change(dense: nn.Module, converted: nn.Module, probe: Any) -> float:
+    """``||f_converted(probe) - f_dense(probe)|| / ||f_dense(probe)||``, both in eval mode (modes kept).
+
+    Example:
+        >>> from escnn import gspaces, nn as enn
+        >>> gs = gspaces.rot2dOnR2(4)
+        >>> it, ot = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, [gs.regular_repr])
+        >>> dense, _ = to_dense(enn.SequentialModule(enn.R2Conv(it, ot, 3)))
+        >>> output_change(dense, to_escnn(dense), it(torch.randn(2, 1, 7, 7))) < 1e-5
+        True
+    """
+    ref = _outputs(dense, probe)
+    diff = _outputs(converted, probe) - ref
+    return float(diff.norm() / ref.norm().clamp_min(1e-30))
+
+
+def to_escnn(model: nn.Module, strict: bool = True, probe: Any = None) -> nn.Module:
     """A copy of ``model`` with every dense layer turned back into escnn's own layer.
 
     Coefficients are the least-squares fit of the dense weight onto escnn's basis, block by block;
     escnn -> :func:`to_dense` -> ``to_escnn`` gives back the same function. The new escnn layers
     have bases of their own (``recompute=True``) and are left in train mode.
 
+    A weight trained in the ``"grid"`` E (the default for C4/D4 convolutions) is in general not in
+    escnn's smaller band-limited span: escnn keeps only its least-squares projection, a different
+    function. To convert without any change, train the dense model in escnn's span:
+    ``to_dense(escnn_model, subspace="basis")``.
+
+    Args:
+        model: a model holding dense escnn layers (from :func:`to_dense`).
+        strict: refuse (``ValueError``) when a weight is not in escnn's span; else warn.
+        probe: an input batch of the model (a tensor or ``GeometricTensor``, whatever its ``forward``
+            takes): the refusal or warning then says how much the output changes on it,
+            ``||f_escnn - f_dense|| / ||f_dense||`` (:func:`output_change`).
+
     Raises:
-        ValueError: if a dense weight is not in span(escnn basis) (e.g. trained on the larger
-            ``"grid"`` E) and ``strict``; otherwise a warning, and the projection is kept.
+        ValueError: if a dense weight is not in span(escnn basis) and ``strict``, naming the layers,
+            their residuals and, with ``probe``, the change of the output.
     """
     replace: dict[int, Any] = {}
+    outside: list[tuple[str, float]] = []
     for name, module in model.named_modules():
         if isinstance(module, DENSE_LAYERS):
             target = module.to_escnn_layer()
-            _least_squares(module, target, strict, name)
+            residual = _least_squares(module, target)
+            if residual > SPAN_RTOL:
+                outside.append((name or "<model>", residual))
             target.train(module.training)
             replace[id(module)] = target
     if not replace:
         raise ValueError(f"to_escnn: {type(model).__name__} holds no dense escnn layer")
-    return copy.deepcopy(model, dict(replace))
+    converted = copy.deepcopy(model, dict(replace))
+    if outside:
+        layers = ", ".join(f"{n} ({r:.3g})" for n, r in outside)
+        change = (
+            f"the output on the probe changes by {output_change(model, converted, probe):.3g} (relative)"
+            if probe is not None
+            else "pass probe=<an input batch> to see how much the output changes"
+        )
+        msg = (
+            f"to_escnn: the weights of {layers} (relative residual) are not in span(escnn basis); escnn "
+            f"keeps only their least-squares projection, a different function: {change}. To convert "
+            "without change, train in escnn's span: to_dense(escnn_model, subspace='basis') (a layer "
+            "trained with subspace='grid' would need a richer escnn basis: more rings, a higher "
+            "frequencies_cutoff)"
+        )
+        if strict:
+            raise ValueError(msg + "; pass strict=False to convert anyway")
+        warnings.warn(msg, stacklevel=2)
+    return converted
