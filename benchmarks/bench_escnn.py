@@ -112,7 +112,9 @@ def _clear_basis_caches() -> None:
     dense_layers._BASES.clear()
 
 
-def _setup_times(build: Callable[[], nn.Module], repeats: int = 5) -> tuple[float, float]:
+def _setup_times(
+    build: Callable[[], nn.Module], repeats: int = 5, invariant: tuple[str, ...] = ("head",)
+) -> tuple[float, float]:
     """Median seconds of escnn's construction and of ``to_dense`` (each after emptying the caches)."""
     from lightning_equi.adapters import to_dense
 
@@ -125,7 +127,7 @@ def _setup_times(build: Callable[[], nn.Module], repeats: int = 5) -> tuple[floa
         t_escnn.append(time.perf_counter() - start)
         _clear_basis_caches()
         start = time.perf_counter()
-        to_dense(model, invariant=["head"])
+        to_dense(model, invariant=list(invariant))
         t_dense.append(time.perf_counter() - start)
     return sorted(t_escnn)[repeats // 2], sorted(t_dense)[repeats // 2]
 
@@ -253,18 +255,43 @@ def bench_escnn(repeats: int = 15) -> Table:
                 t[sub] / t["escnn"],
                 t[sub] / t["dense"],
             )
-    for label, build in (
-        ("example C4 (examples/escnn_digits.py)", _example_model),
-        ("C4 speed net", lambda: SteerableNet(4)),
-        ("C8 speed net", lambda: SteerableNet(8)),
-    ):
-        t_build, t_to_dense = _setup_times(build)
-        table.notes.append(
-            f"set-up, {label}: escnn construction {1e3 * t_build:.0f} ms, to_dense (dense copy and every "
-            f"projector) {1e3 * t_to_dense:.0f} ms, ratio {t_to_dense / t_build:.2f} (issue 5 limit 2)"
-        )
+    table.notes += setup_notes()
     _memory_rows(table)
     return table
+
+
+def _escnn_style_models() -> list[tuple[str, Callable[[], nn.Module], tuple[str, ...]]]:
+    """The networks in escnn's own style of ``tests/test_escnn_models.py`` (issue 13)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    try:
+        import test_escnn_models as models
+    finally:
+        sys.path.pop(0)
+    return [
+        ("C8 tutorial-style (MaskModule, antialiased pooling)", models.C8Tutorial, ("fully_net",)),
+        ("e2wrn-style D4 -> C4 (RestrictionModule)", models.E2WRNStyle, ("head",)),
+        ("C4 U-Net (R2ConvTransposed)", models.C4UNet, ()),
+        ("SO(2) irreps (gated, norm, IID batch norm)", models.SO2Irreps, ()),
+        ("SO(3) R3Conv, gated", models.SO3Gated, ()),
+    ]
+
+
+def setup_notes() -> list[str]:
+    """to_dense's set-up time against escnn's construction, per model (issue 5 and 13: at most 2x)."""
+    builds = [
+        ("example C4 (examples/escnn_digits.py)", _example_model, ("head",)),
+        ("C4 speed net", lambda: SteerableNet(4), ("head",)),
+        ("C8 speed net", lambda: SteerableNet(8), ("head",)),
+        *_escnn_style_models(),
+    ]
+    notes = []
+    for label, build, invariant in builds:
+        t_build, t_to_dense = _setup_times(build, invariant=invariant)
+        notes.append(
+            f"set-up, {label}: escnn construction {1e3 * t_build:.0f} ms, to_dense (dense copy and every "
+            f"projector) {1e3 * t_to_dense:.0f} ms, ratio {t_to_dense / t_build:.2f} (limit 2)"
+        )
+    return notes
 
 
 if __name__ == "__main__":
@@ -272,4 +299,7 @@ if __name__ == "__main__":
 
     warnings.filterwarnings("ignore", ".*py3nj.*")
     torch.set_num_threads(2)
-    print(bench_escnn().markdown())
+    if "--setup" in sys.argv:  # only the set-up times (a few seconds)
+        print("\n".join(setup_notes()))
+    else:
+        print(bench_escnn().markdown())
