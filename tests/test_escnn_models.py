@@ -263,6 +263,23 @@ def test_so2_irreps_model_keeps_gated_norm_and_iid_batchnorm_free():
     assert [e.layer for e in projection.entries if e.name.endswith("weight")] == ["net.0", "net.3", "net.5"]
 
 
+def test_so2_irreps_model_trains_in_E_is_monitored_augments_and_round_trips(quiet_trainer):
+    model = SO2Irreps()
+    x = _inputs((4, 1, 9, 9))
+    dense, _ = to_dense(model)  # SO(2): escnn's basis span, the only E
+    assert grid_lint(dense, (9, 9), warn=False) == []
+    lit = _Lit(dense.train(), x, 2)
+    trainer = _fit(lit, "equi", quiet_trainer)
+    assert float(lit.symmetry_spec().relative_total_distance()) < 1e-6
+    assert float(assert_equivariant(dense, x, "SO2")["max"]) < 1e-4  # checked on the quarter turns
+    logged = _monitored(trainer)
+    assert logged["equi/functional_error_exact"] < 1e-4 < logged["equi/functional_error_inexact"]
+    back = to_escnn(dense)
+    torch.testing.assert_close(_eval_outputs(back, x), _eval_outputs(dense, x), atol=1e-5, rtol=1e-4)
+    aug = _Lit(to_dense(model)[0], x, 2)
+    assert _monitored(_fit(aug, "aug", quiet_trainer))["equi/functional_error_inexact"] > 0
+
+
 def test_every_parametrised_escnn_module_is_kept_and_listed():
     gs = gspaces.rot2dOnR2(-1, maximum_frequency=4)
     trivial, v = gs.trivial_repr, gs.irrep(1)
@@ -514,6 +531,8 @@ def test_e2wrn_style_model_restricting_d4_to_c4_is_projected_per_group(quiet_tra
                 f(gx.transform(g)).tensor, f(gx).transform(g).tensor, atol=1e-5, rtol=1e-4
             )
     assert grid_lint(dense, (9, 9), warn=False) == []
+    aug = _Lit(to_dense(model, invariant=["head"])[0], x, 2)
+    assert "equi/functional_error" in _monitored(_fit(aug, "aug", quiet_trainer))
     with pytest.raises(ValueError, match="not in span"):
         to_escnn(dense)  # trained in the grid E of each group, larger than escnn's basis span
     # trained in escnn's basis span instead, the model goes back to escnn as the same function
@@ -670,3 +689,22 @@ def test_to_escnn_of_a_grid_model_reports_the_change_of_the_output(gname, capsys
     assert output_change(dense_b, to_escnn(dense_b), probe) < 1e-5
     with capsys.disabled():
         print(f"\n[{gname} grid model -> escnn] relative change of the output on a probe: {change:.3g}")
+
+
+def test_so3_r3conv_transposed_converts_and_comes_back():
+    from lightning_equi.adapters.dense_layers import DenseR3ConvTransposed
+
+    gs = gspaces.rot3dOnR3(maximum_frequency=1)
+    t0, t1 = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, [gs.trivial_repr, gs.irrep(1)])
+    net = enn.SequentialModule(enn.R3ConvTransposed(t1, t0, 3, stride=2, padding=1))
+    x = t1(_inputs((2, 4, 4, 4, 4)))
+    dense, projection = to_dense(net)
+    assert isinstance(dense[0], DenseR3ConvTransposed) and dense[0].weight.shape == (4, 1, 3, 3, 3)
+    torch.testing.assert_close(_eval_outputs(dense, x), _eval_outputs(net, x), atol=1e-5, rtol=1e-5)
+    assert type(dense[0].export()) is nn.ConvTranspose3d
+    with torch.no_grad():
+        dense[0].weight.add_(torch.randn(dense[0].weight.shape))
+    projection.project_parameters_()
+    back = to_escnn(dense)
+    assert type(back[0]) is enn.R3ConvTransposed
+    torch.testing.assert_close(_eval_outputs(back, x), _eval_outputs(dense, x), atol=1e-5, rtol=1e-4)
