@@ -308,6 +308,22 @@ def test_every_parametrised_escnn_module_is_kept_and_listed():
     torch.testing.assert_close(_eval_outputs(dense, x), _eval_outputs(net, x), atol=1e-5, rtol=1e-5)
 
 
+def test_gated_nonlinearity_uniform_is_kept():
+    from escnn import group as egroup
+
+    gs = gspaces.rot2dOnR2(-1, maximum_frequency=4)
+    gated = egroup.directsum([gs.irrep(0), gs.irrep(1)], name="gate_and_vector")  # gate first
+    t_in, t_mid = enn.FieldType(gs, [gs.trivial_repr]), enn.FieldType(gs, 2 * [gated])
+    gate = enn.GatedNonLinearityUniform(t_mid)
+    net = enn.SequentialModule(
+        enn.R2Conv(t_in, t_mid, 3, padding=1), gate, enn.R2Conv(gate.out_type, t_in, 3)
+    )
+    x = t_in(_inputs((2, 1, 7, 7)))
+    dense, projection = to_dense(net)
+    assert [(name, cls) for name, cls, _ in projection.kept] == [("1", "GatedNonLinearityUniform")]
+    torch.testing.assert_close(_eval_outputs(dense, x), _eval_outputs(net, x), atol=1e-5, rtol=1e-5)
+
+
 def test_a_subclass_of_r2conv_is_converted_and_comes_back_as_r2conv():
     class MyConv(enn.R2Conv):
         pass
