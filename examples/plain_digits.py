@@ -42,8 +42,9 @@ their statistics differ, so per-channel statistics would let the network tell or
 while training, and the eval-mode network (running statistics, kept in E) would not be the one
 trained. ``EquivariantProjection`` therefore pools each field's batch statistics while it fits
 (escnn's ``InnerBatchNorm``), which makes training mode invariant too (before it did, equi reached
-0.773 here), and recomputes their running statistics at the final weights (``recalibrate_bn``): the
-moving averages lag behind the weights: with ``recalibrate_bn=0`` the same run gives equi 0.855. ``GroupNorm`` with one group per regular field normalises each field of each sample by
+0.773 here), and recomputes their running statistics at the final weights (``recalibrate_bn``),
+since the moving averages lag behind the weights: with ``recalibrate_bn=0`` the same run gives equi
+0.855. ``GroupNorm`` with one group per regular field normalises each field of each sample by
 statistics that a turn leaves unchanged and needs no pooling.
 """
 

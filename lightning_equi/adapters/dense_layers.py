@@ -214,6 +214,20 @@ class _DenseLayer(enn.EquivariantModule):
         return f"{self.in_type.size} -> {self.out_type.size}, subspace={self.subspace!r}"
 
 
+def _basis_options(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The options that make escnn rebuild exactly the steerable basis a dense layer recorded."""
+    kept = set(recipe["kept"])
+    band = float(recipe["maximum_frequency"])
+    return dict(
+        sigma=list(recipe["sigma"]),
+        rings=list(recipe["rings"]),
+        frequencies_cutoff=lambda r: band,  # the recorded elements decide; this only fixes the band
+        basis_filter=lambda attr: _signature(attr) in kept,
+        recompute=True,  # a basis of its own: escnn shares cached bases between models
+        initialize=False,
+    )
+
+
 class _DenseRdConv(_DenseLayer):
     d = 2
     kind = "R2Conv"
@@ -281,9 +295,6 @@ class _DenseRdConv(_DenseLayer):
         return self._filled(out)
 
     def to_escnn_layer(self) -> Any:
-        recipe = self.basis_recipe
-        kept = set(recipe["kept"])
-        mf = float(recipe["maximum_frequency"])
         cls = getattr(self, "escnn_class", self._escnn_cls)
         options = dict(
             padding=self.padding,
@@ -291,12 +302,7 @@ class _DenseRdConv(_DenseLayer):
             dilation=self.dilation,
             padding_mode=self.padding_mode,
             bias=self.bias is not None,
-            sigma=list(recipe["sigma"]),
-            rings=list(recipe["rings"]),
-            frequencies_cutoff=lambda r: mf,  # the recorded elements decide; this only fixes the band
-            basis_filter=lambda attr: _signature(attr) in kept,
-            recompute=True,  # a basis of its own: escnn shares cached bases between models
-            initialize=False,
+            **_basis_options(self.basis_recipe),
             **getattr(self, "escnn_options", {}),
         )
         accepted = inspect.signature(cls.__init__).parameters
@@ -399,9 +405,6 @@ class _DenseRdConvTransposed(_DenseLayer):
         return self._filled(out)
 
     def to_escnn_layer(self) -> Any:
-        recipe = self.basis_recipe
-        kept = set(recipe["kept"])
-        mf = float(recipe["maximum_frequency"])
         with keep_numpy_rng():
             return self.escnn_class(
                 self.in_type,
@@ -412,12 +415,7 @@ class _DenseRdConvTransposed(_DenseLayer):
                 stride=self.stride,
                 dilation=self.dilation,
                 bias=self.bias is not None,
-                sigma=list(recipe["sigma"]),
-                rings=list(recipe["rings"]),
-                frequencies_cutoff=lambda r: mf,
-                basis_filter=lambda attr: _signature(attr) in kept,
-                recompute=True,
-                initialize=False,
+                **_basis_options(self.basis_recipe),
             )
 
 
