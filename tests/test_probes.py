@@ -89,6 +89,13 @@ def test_exact_mask_of_other_actions():
     assert act.exact_mask(torch.arange(8)).tolist() == [True, False] * 4
     assert interpolates(ImageAction("SO2")) and not interpolates(ImageAction("D4"))
     assert not interpolates(PointCloudAction("SO2"))
+    # a batch resamples when one of its entries does; an action of one's own says it by `resamples`
+    assert interpolates(batch_action("C8", inputs="image")) and not interpolates(batch_action("C4"))
+
+    class Resampling(SetAction):
+        resamples = True
+
+    assert interpolates(Resampling("S3")) and not interpolates(None)
 
 
 # ---- batch augmentation -------------------------------------------------------------------------------

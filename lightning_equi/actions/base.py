@@ -39,6 +39,12 @@ class Action(ABC):
     #: True when the action is an exact permutation of the data's entries (no interpolation)
     exact: bool = True
 
+    @property
+    def resamples(self) -> bool:
+        """Whether some elements resample the data on a grid (interpolation), as opposed to acting
+        exactly or only rounding coordinates; actions on grids that interpolate say so."""
+        return False
+
     def __call__(self, g: Tensor, x: Any) -> Any:
         """Transform sample ``b`` of ``x`` by ``g[b]``, for every ``b`` at once."""
         g = self.check_elements(g, self.batch_size(x))
@@ -108,11 +114,7 @@ def interpolates(action: Action | None) -> bool:
         >>> interpolates(VolumeAction("SO3"))  # the cube's rotations exact, the others resampled
         True
     """
-    from lightning_equi.actions.images import ImageAction  # images imports this module
-    from lightning_equi.actions.volumes import VolumeAction
-
-    spatial = getattr(action, "spatial", action)  # an action on escnn GeometricTensors moves its base space
-    return isinstance(spatial, (ImageAction, VolumeAction)) and not spatial.exact
+    return action is not None and action.resamples
 
 
 def _trivial(rep: Representation) -> bool:

@@ -116,6 +116,10 @@ class BatchAction(Action):
             return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
         return type(batch)(items)
 
+    @property
+    def resamples(self) -> bool:
+        return any(act.resamples for act in self._entries.values())
+
     def exact_mask(self, g: Tensor) -> Tensor:
         """An element acts exactly on the batch when it acts exactly on every entry."""
         masks = [act.exact_mask(g) for act in self._entries.values()]

@@ -142,6 +142,10 @@ class ImageAction(Action):
                 f"but the action's group is {group.name}"
             )
 
+    @property
+    def resamples(self) -> bool:
+        return not self.exact
+
     def exact_mask(self, g: Tensor) -> Tensor:
         """All True for an exact action; when resampling, True for the elements that map the square
         pixel grid onto itself: rotations by multiples of a quarter turn, with or without a mirror."""

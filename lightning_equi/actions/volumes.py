@@ -108,6 +108,10 @@ class VolumeAction(Action):
                 f"but the action's group is {group.name}"
             )
 
+    @property
+    def resamples(self) -> bool:
+        return True  # every rotation off the cube's is trilinear
+
     def exact_mask(self, g: Tensor) -> Tensor:
         """True for the elements that map the voxel grid onto itself: the signed permutation matrices
         (the 24 rotations of the cube; 48 with reflections under O(3))."""

@@ -253,6 +253,10 @@ class GeometricTensorAction(Action):
             return self._planar(g)
         return self._escnn_matrices(g).to(g.device)
 
+    @property
+    def resamples(self) -> bool:
+        return self.spatial is not None and self.spatial.resamples
+
     def exact_mask(self, g: Tensor) -> Tensor:
         """Which elements act exactly on the data: those the base space's image action moves exactly
         (the fibers always are); all of them on ``no_base_space``."""
