@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmark sections: medians of repeated runs, machine facts."""
+"""Timing helpers shared by the benchmark sections: medians of repeated runs, paired ratios with their
+spread, kernel counts, machine facts."""
 
 from __future__ import annotations
 
@@ -28,6 +29,39 @@ def median_time(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, de
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """``(first quartile, median, third quartile)`` of ``values``."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def paired_ratios(
+    baseline: Callable[[], float], candidate: Callable[[], float], pairs: int
+) -> tuple[float, float, float]:
+    """Run ``baseline()`` and ``candidate()`` alternately ``pairs`` times (each returns a time) and
+    return the quartiles of the per-pair ratios ``candidate / baseline``: a drift of the machine hits
+    both members of a pair alike, and the interquartile range says how far the median can be trusted."""
+    ratios = []
+    for _ in range(pairs):
+        base = baseline()
+        ratios.append(candidate() / base)
+    return quartiles(ratios)
+
+
+def fmt_ratio(q: tuple[float, float, float]) -> str:
+    """``median [q1, q3]`` of a ratio."""
+    return f"{q[1]:.3f} [{q[0]:.3f}, {q[2]:.3f}]"
+
+
+def kernels(fn: Callable[[], object]) -> int:
+    """The number of kernels (aten calls that are not views or casts) that ``fn()`` launches."""
+    from lightning_equi.subspace.batched import count_kernels
+
+    return sum(count_kernels(fn).values())
 
 
 def machine() -> dict[str, str]:

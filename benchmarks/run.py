@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Table, machine, median_time  # noqa: E402
+from harness import Table, fmt_ratio, kernels, machine, median_time, paired_ratios  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,8 +58,14 @@ def reference_spec(model: nn.Sequential, prefix: str = ""):
 # ---- section: step overhead per mode -------------------------------------------------------------
 
 
-def bench_step(steps: int = 25, rounds: int = 2, batch: int = 64) -> Table:
-    """Median time of one training step (data, forward, backward, optimizer, every hook) per setup."""
+def bench_step(steps: int = 8, pairs: int = 5, batch: int = 64, device: str = "cpu") -> Table:
+    """Step time of each setup against plain Lightning with the same optimizer, as paired ratios.
+
+    Every pair is two short fits run back to back in this process on the same batches (plain, then the
+    setup); a pair's ratio is the ratio of the median step times of its two fits, and the table gives
+    the median ratio over ``pairs`` pairs with its interquartile range. Kernels per step (aten calls
+    that are not views or casts, counted on one step) are the noise-free figure beside the times.
+    """
     import statistics
     import time
 
@@ -67,6 +73,9 @@ def bench_step(steps: int = 25, rounds: int = 2, batch: int = 64) -> Table:
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection, HaarAugmentation
+    from lightning_equi.subspace.batched import KernelCounter
+
+    warmup = 3
 
     class Reference(L.LightningModule):
         def __init__(self, optimizer: str = "sgd") -> None:
@@ -83,10 +92,10 @@ def bench_step(steps: int = 25, rounds: int = 2, batch: int = 64) -> Table:
             return nn.functional.cross_entropy(self(b[0]), b[1])
 
         def train_dataloader(self):
-            g = torch.Generator().manual_seed(0)
+            g = torch.Generator().manual_seed(0)  # the same batches in every fit
             x, y = (
-                torch.randn(batch * (steps + 5), 1, 28, 28, generator=g),
-                torch.randint(10, (batch * (steps + 5),), generator=g),
+                torch.randn(batch * (steps + warmup), 1, 28, 28, generator=g),
+                torch.randint(10, (batch * (steps + warmup),), generator=g),
             )
             return DataLoader(TensorDataset(x, y), batch_size=batch)
 
@@ -100,7 +109,49 @@ def bench_step(steps: int = 25, rounds: int = 2, batch: int = 64) -> Table:
             self.stamps: list[float] = []
 
         def on_train_batch_start(self, *args) -> None:
+            if device == "cuda":
+                torch.cuda.synchronize()
             self.stamps.append(time.perf_counter())
+
+    class StepKernels(L.Callback):  # the kernels of one training step (batch start to batch end)
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+            self.counter: KernelCounter | None = None
+
+        def on_train_batch_start(self, trainer, *args) -> None:
+            if trainer.global_step == 1:  # the first step builds index tables and optimizer states
+                self.counter = KernelCounter().__enter__()
+
+        def on_train_batch_end(self, *args) -> None:
+            if self.counter is not None:
+                self.counter.__exit__(None, None, None)
+                self.counts.append(sum(self.counter.counts.values()))
+                self.counter = None
+
+    def fit(opt: str, callbacks: list, max_steps: int) -> L.Trainer:
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="gpu" if device == "cuda" else "cpu",
+            devices=1,
+        )
+        trainer.fit(Reference(opt))
+        return trainer
+
+    def step_time(opt: str, callbacks) -> float:
+        timer = StepTimer()
+        fit(opt, [timer, *callbacks()], steps + warmup)
+        stamps = timer.stamps[warmup:]
+        return statistics.median(b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True))
+
+    def step_kernels(opt: str, callbacks) -> int:
+        counter = StepKernels()
+        fit(opt, [counter, *callbacks()], 3)
+        return counter.counts[0]
 
     setups = {
         "plain Lightning (SGD)": ("sgd", lambda: []),
@@ -120,38 +171,34 @@ def bench_step(steps: int = 25, rounds: int = 2, batch: int = 64) -> Table:
             lambda: [EquivarianceMonitor(every_n_steps=50)],
         ),
     }
-    samples: dict[str, list[float]] = {k: [] for k in setups}
-    for _ in range(rounds):  # round-robin, so that drifts of the machine hit every setup alike
-        for name, (opt, callbacks) in setups.items():
-            timer = StepTimer()
-            trainer = L.Trainer(
-                max_steps=steps + 5,
-                callbacks=[timer, *callbacks()],
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                accelerator="cpu",
-                devices=1,
-            )
-            trainer.fit(Reference(opt))
-            samples[name] += [b - a for a, b in zip(timer.stamps[5:-1], timer.stamps[6:], strict=False)]
+    plain = {"sgd": "plain Lightning (SGD)", "adam": "plain Lightning (Adam)"}
     table = Table(
         f"Training step of the reference C4 CNN ({sum(p.numel() for p in reference_cnn().parameters()):,} "
-        f"parameters, batch {batch}x1x28x28), median over {rounds} x {steps} steps",
-        ["setup", "step (ms)", "ratio to plain"],
+        f"parameters, batch {batch}x1x28x28, {device}), {pairs} interleaved pairs of fits of {steps} steps",
+        ["setup", "step (ms)", "ratio to plain: median [IQR]", "kernels / step", "added kernels"],
         notes=[
             "goal: at most 1.05x plain for projection and monitoring, 1.10x for augmentation",
-            "the Adam rows compare with plain Lightning using Adam",
+            "each pair: a fit of plain Lightning with the same optimizer, then a fit with the setup, on the "
+            "same batches, in this process; the ratio of their median step times, median and "
+            "interquartile range over the pairs",
+            "kernels / step: aten calls that are not views or casts in one training step (the second)",
         ],
     )
-    base = {
-        "sgd": statistics.median(samples["plain Lightning (SGD)"]),
-        "adam": statistics.median(samples["plain Lightning (Adam)"]),
-    }
-    for name, (opt, _) in setups.items():
-        t = statistics.median(samples[name])
-        table.add(name, 1e3 * t, t / base[opt])
+    base_kernels = {opt: step_kernels(opt, lambda: []) for opt in plain}
+    for name, (opt, callbacks) in setups.items():
+        if name in plain.values():
+            t = statistics.median(step_time(opt, lambda: []) for _ in range(max(1, pairs // 2)))
+            table.add(name, 1e3 * t, "1", base_kernels[opt], 0)
+            continue
+        times: list[float] = []
+
+        def candidate(opt=opt, callbacks=callbacks, times=times) -> float:
+            times.append(step_time(opt, callbacks))
+            return times[-1]
+
+        q = paired_ratios(lambda opt=opt: step_time(opt, lambda: []), candidate, pairs)
+        k = step_kernels(opt, callbacks)
+        table.add(name, 1e3 * statistics.median(times), fmt_ratio(q), k, k - base_kernels[opt])
     return table
 
 
@@ -164,7 +211,7 @@ def _floor(params: list[torch.Tensor]) -> float:
         for p in params:
             p.mul_(1)
 
-    return median_time(one_pass, repeats=15)
+    return median_time(one_pass, repeats=15, device=params[0].device)
 
 
 def _gather_floor(params: list[torch.Tensor]) -> float:
@@ -172,14 +219,14 @@ def _gather_floor(params: list[torch.Tensor]) -> float:
     neighbour, the most cache-friendly permutation). Any projection that moves entries between
     positions (every orbit mean) does at least this on each tensor."""
     flats = [p.detach().reshape(-1) for p in params]
-    index = [torch.arange(f.numel()).roll(1) for f in flats]
+    index = [torch.arange(f.numel(), device=f.device).roll(1) for f in flats]
     outs = [torch.empty_like(f) for f in flats]
 
     def one_gather() -> None:
         for f, i, o in zip(flats, index, outs, strict=True):
             torch.index_select(f, 0, i, out=o)
 
-    return median_time(one_gather, repeats=15)
+    return median_time(one_gather, repeats=15, device=params[0].device)
 
 
 def _adam_step(params: list[torch.Tensor]) -> float:
@@ -188,10 +235,10 @@ def _adam_step(params: list[torch.Tensor]) -> float:
     for p in leaves:
         p.grad = torch.randn_like(p)
     opt = torch.optim.Adam(leaves, lr=1e-3)
-    return median_time(opt.step, repeats=15)
+    return median_time(opt.step, repeats=15, device=params[0].device)
 
 
-def bench_projection() -> Table:
+def bench_projection(device: str = "cpu", pairs: int = 15) -> Table:
     from lightning_equi.groups import (
         CyclicGroup,
         SymmetricGroup,
@@ -206,8 +253,18 @@ def bench_projection() -> Table:
     from lightning_equi.subspace.permutation import SymmetricProjector
 
     table = Table(
-        "Projection cost against one elementwise pass (`p.mul_(1)`)",
-        ["projector", "layer", "parameters", "project (ms)", "pass (ms)", "ratio", "gather (ms)", "/ gather"],
+        f"Projection cost against one elementwise pass (`p.mul_(1)`), {device}",
+        [
+            "projector",
+            "layer",
+            "parameters",
+            "project (ms)",
+            "pass (ms)",
+            "ratio",
+            "gather (ms)",
+            "/ gather",
+            "kernels",
+        ],  # fmt: skip
         notes=[
             "ratio = time of `project_` over all parameters / time of one elementwise pass `p.mul_(1)` "
             "over them (issue 3's goal: a few)",
@@ -223,37 +280,55 @@ def bench_projection() -> Table:
             (c, c, 5, 5),
             [(regular(G) * (c // 4), 1), (regular(G) * (c // 4), 1), (grid_representation(G, (5, 5)), 2)],
         )
-        _row(table, OrbitMeanProjector(act), f"C4 conv {c}->{c} k5")
+        _row(table, OrbitMeanProjector(act), f"C4 conv {c}->{c} k5", device)
     for c in (8, 32):  # torus dense layer on 14x14 with c channels
         T = TorusTranslations((14, 14))
         act = TensorAction((c * 196, c * 196), [(standard(T) * c, 1), (standard(T) * c, 1)])
         proj = FourierProjector.from_action(act)
-        _row(table, proj, f"T14x14 dense {c}->{c} ch")
+        _row(table, proj, f"T14x14 dense {c}->{c} ch", device)
     for c in (4, 16):  # S_10 edge -> edge layer
         S = SymmetricGroup(10)
         act = TensorAction(
             (c * 100, c * 100), [(pair_representation(S) * c, 1), (pair_representation(S) * c, 1)]
         )
         proj = SymmetricProjector.from_action(act)
-        _row(table, proj, f"S10 pairs {c}->{c} ch")
+        _row(table, proj, f"S10 pairs {c}->{c} ch", device)
     from lightning_equi.groups import SO2, irrep, trivial
 
     S2 = SO2()
     fields = trivial(S2) + irrep(S2, 1) + irrep(S2, 2) + irrep(S2, 3)
     for m in (8, 32, 128):
         act = TensorAction((7 * m, 7 * m), [(fields * m, 1), (fields * m, 1)])
-        _row(table, BasisProjector(act), f"SO2 irreps0-3 linear {7 * m}->{7 * m}")
-    model = reference_cnn()
+        _row(table, BasisProjector(act), f"SO2 irreps0-3 linear {7 * m}->{7 * m}", device)
+    model = reference_cnn().to(device)
     projection = reference_spec(model).bind(model)
     params = [e.tensor for e in projection.entries]
     n = sum(p.numel() for p in params)
-    t = median_time(lambda: projection.project_parameters_(), repeats=15)
+
+    def one_by_one() -> None:  # what project_parameters_ did before the batched projection
+        for e in projection.entries:
+            e.projector.project_(e.tensor)
+
+    batched = projection.project_parameters_
     f, gather = _floor(params), _gather_floor(params)
-    table.add(
-        "spec (mixed)", "reference C4 CNN, all params + BN stats", n, 1e3 * t, 1e3 * f, t / f, 1e3 * gather,
-        t / gather,
-    )  # fmt: skip
+    for label, fn in (("spec, tensor by tensor", one_by_one), ("spec, batched", batched)):
+        t = median_time(fn, repeats=15, device=device)
+        table.add(
+            label, "reference C4 CNN, all params + BN stats", n, 1e3 * t, 1e3 * f, t / f, 1e3 * gather,
+            t / gather, kernels(fn),
+        )  # fmt: skip
+    q = paired_ratios(
+        lambda: median_time(one_by_one, repeats=5, warmup=1, device=device),
+        lambda: median_time(batched, repeats=5, warmup=1, device=device),
+        pairs,
+    )
+    table.notes.append(
+        f"whole model, batched / tensor by tensor (the {len(params)} tensors): {fmt_ratio(q)} "
+        f"(median [IQR] over {pairs} interleaved pairs of medians of 5 runs); kernels: "
+        f"{kernels(batched)} against {kernels(one_by_one)} (goal: at most 10 whatever the depth)"
+    )
     adam = _adam_step([e.tensor for e in projection.parameters])
+    t = median_time(batched, repeats=15, device=device)
     table.notes.append(
         f"for scale: one Adam step over the reference CNN's parameters takes {1e3 * adam:.3g} ms "
         f"({adam / f:.3g} passes); projecting them all {t / adam:.3g}x that"
@@ -261,11 +336,14 @@ def bench_projection() -> Table:
     return table
 
 
-def _row(table: Table, proj, label: str) -> None:
-    w = torch.randn(proj.shape)
-    t = median_time(lambda: proj.project_(w), repeats=15)
+def _row(table: Table, proj, label: str, device: str = "cpu") -> None:
+    w = torch.randn(proj.shape, device=device)
+    t = median_time(lambda: proj.project_(w), repeats=15, device=device)
     f, gather = _floor([w]), _gather_floor([w])
-    table.add(type(proj).__name__, label, w.numel(), 1e3 * t, 1e3 * f, t / f, 1e3 * gather, t / gather)
+    table.add(
+        type(proj).__name__, label, w.numel(), 1e3 * t, 1e3 * f, t / f, 1e3 * gather, t / gather,
+        kernels(lambda: proj.project_(w)),
+    )  # fmt: skip
 
 
 # ---- section: augmentation throughput ------------------------------------------------------------
@@ -364,6 +442,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where the step and projection sections run"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -372,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     tables = []
     for name in args.sections:
         print(f"\n== {name} ==", flush=True)
-        table = SECTIONS[name]()
+        table = SECTIONS[name](device=args.device) if name in ("step", "projection") else SECTIONS[name]()
         print(table.markdown(), flush=True)
         tables.append(table)
     args.out.mkdir(parents=True, exist_ok=True)

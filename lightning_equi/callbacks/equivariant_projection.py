@@ -332,13 +332,12 @@ class EquivariantProjection(Callback):
         if projection is None:
             return
         # a tensor the step left in E to rounding is not rewritten: re-projecting it would only add
-        # rounding (an ulp per step for an FFT projector), compounding over a run
-        for entry in projection.entries:
-            if self._reproject or entry.is_buffer:
-                if entry.projector.identity_on_E:  # exact on E: in place, a tensor in E stays bit for bit
-                    entry.projector.project_(entry.tensor)
-                else:
-                    entry.projector.project_unless_in_E_(entry.tensor)
+        # rounding (an ulp per step for an FFT projector), compounding over a run; projectors exact on
+        # E (identity_on_E) project in place, all together in a fixed number of kernels
+        projection.project_tensors_(
+            [e.tensor if self._reproject or e.is_buffer else None for e in projection.entries],
+            unless_in_E=True,
+        )
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:

@@ -4,12 +4,18 @@
 :func:`~lightning_equi.subspace.spec.resolve_spec`) yields a :class:`ModelProjection`: one
 :class:`ProjectedTensor` per constrained parameter and running statistic, the projections of weights
 and gradients onto E, and every distance to E that the monitor and the experiments log.
+
+Projections go through :class:`~lightning_equi.subspace.batched.BatchedProjection` (a fixed number of
+kernels for all orbit-mean tensors together). Parameters sharded as DTensors (FSDP2) are projected on
+their local shards when the shards hold whole orbits, else gathered
+(:mod:`~lightning_equi.subspace.sharding`); their distances are summed over the ranks with one
+all-reduce per call.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +23,9 @@ from torch import Tensor, nn
 
 from lightning_equi.groups import Group
 from lightning_equi.subspace import distance as D
+from lightning_equi.subspace import sharding as S
 from lightning_equi.subspace.base import Projector
+from lightning_equi.subspace.batched import BatchedProjection, OrbitTables
 
 __all__ = ["ModelProjection", "ProjectedTensor"]
 
@@ -71,6 +79,9 @@ class ModelProjection:
         self.group, self.model = group, model
         self.entries = list(entries)
         self.free_names = list(free_names)
+        # index tables only (per entry and shard layout): the tensors are looked up at every call
+        self._tables_cache: dict[tuple[int, S.ShardLayout], OrbitTables | None] = {}
+        self._batched_cache: dict[tuple, BatchedProjection] = {}
 
     def _selected(self, buffers: bool) -> Iterator[ProjectedTensor]:
         return (e for e in self.entries if buffers or not e.is_buffer)
@@ -93,26 +104,84 @@ class ModelProjection:
     # ---- projecting -------------------------------------------------------------------------------
 
     @torch.no_grad()
+    def project_tensors_(self, tensors: Sequence[Tensor | None], unless_in_E: bool = False) -> None:
+        """Project ``tensors`` (one per entry, in the order of :attr:`entries`; ``None`` is skipped) in
+        place, all orbit-mean tensors together in a fixed number of kernels.
+
+        DTensors are projected on their local shards when these hold whole orbits, else gathered,
+        projected and re-sharded (every rank must call this). With ``unless_in_E``, tensors whose
+        projector is not ``identity_on_E`` are only rewritten when they are not in E to rounding
+        (:meth:`~lightning_equi.subspace.base.Projector.project_unless_in_E_`).
+        """
+        if len(tensors) != len(self.entries):
+            raise ValueError(f"got {len(tensors)} tensors for the {len(self.entries)} entries")
+        local: list[Tensor | None] = []
+        key: list[object] = []
+        gathered: list[tuple[Tensor, Projector]] = []
+        for i, (e, t) in enumerate(zip(self.entries, tensors, strict=True)):
+            if t is None or (unless_in_E and not e.projector.identity_on_E):
+                local.append(None)
+                key.append(None)
+                if t is not None:
+                    if S.is_dtensor(t):
+                        gathered.append((t, e.projector))
+                    else:
+                        e.projector.project_unless_in_E_(t)
+                continue
+            if not S.is_dtensor(t):
+                local.append(t)
+                key.append(i)
+                continue
+            layout = S.shard_layout(t)
+            tables = None if layout is None else self._local_tables(i, layout)
+            if tables is None:
+                local.append(None)
+                key.append(None)
+                gathered.append((t, e.projector))
+            else:
+                local.append(t.to_local())
+                key.append((i, layout))
+        self._batched(tuple(key)).project_(local)
+        for t, projector in gathered:
+            S.gather_project_(t, projector, unless_in_E=unless_in_E and not projector.identity_on_E)
+
+    def _local_tables(self, i: int, layout: S.ShardLayout) -> OrbitTables | None:
+        cache = self._tables_cache
+        if (i, layout) not in cache:
+            cache[(i, layout)] = S.local_tables(self.entries[i].projector, layout)
+        return cache[(i, layout)]
+
+    def _batched(self, key: tuple) -> BatchedProjection:
+        """The batched projection of the entries in ``key`` (an entry index, an (index, shard layout)
+        pair, or None to skip); index tables are kept per key, tensors never are."""
+        cache = self._batched_cache
+        if key not in cache:
+            projectors: list[Projector | OrbitTables | None] = []
+            for k in key:
+                if k is None:
+                    projectors.append(None)
+                elif isinstance(k, int):
+                    projectors.append(self.entries[k].projector)
+                else:
+                    projectors.append(self._local_tables(*k))  # type: ignore[arg-type]
+            cache[key] = BatchedProjection(projectors)
+        return cache[key]
+
+    @torch.no_grad()
     def project_parameters_(self) -> None:
         """Project every constrained parameter and running statistic onto E, in place."""
-        for e in self.entries:
-            e.projector.project_(e.tensor)
+        self.project_tensors_([e.tensor for e in self.entries])
 
     @torch.no_grad()
     def project_buffers_(self) -> None:
         """Project the running statistics only: training forwards move them out of E, whatever the
         optimizer does, so re-project them before evaluating (or after every step)."""
-        for e in self.entries:
-            if e.is_buffer:
-                e.projector.project_(e.tensor)
+        self.project_tensors_([e.tensor if e.is_buffer else None for e in self.entries])
 
     @torch.no_grad()
     def project_gradients_(self) -> None:
         """Project every ``.grad`` of a constrained parameter onto E, in place (``None`` is skipped)."""
-        for e in self.parameters:
-            grad = e.tensor.grad
-            if grad is not None:
-                e.projector.project_(grad)
+        self.project_tensors_([None if e.is_buffer else e.tensor.grad for e in self.entries])
 
     # ---- distances --------------------------------------------------------------------------------
 
