@@ -13,7 +13,11 @@ Pure torch: nothing here imports Lightning, and escnn is only ever imported lazi
 * ``projection`` -- :class:`ModelProjection` (a bound spec) and its :class:`ProjectedTensor` entries;
 * ``initialization`` -- :func:`equivariant_init_`: draw as usual, then project onto E;
 * ``batchnorm`` -- :func:`pool_batch_statistics`: BatchNorm statistics pooled over each field;
-* ``distance`` -- distances to E and their aggregation over layers and the model.
+* ``distance`` -- distances to E and their aggregation over layers and the model;
+* ``batched`` -- :class:`~lightning_equi.subspace.batched.BatchedProjection`: all orbit-mean tensors
+  of a model projected together in a fixed number of kernels; ``count_kernels``;
+* ``sharding`` -- DTensor parameters (FSDP2): shard-local projection, the gather fallback, and
+  ``shard_placement_fn`` / ``check_shard_placement`` for ``fully_shard``.
 """
 
 from lightning_equi.subspace.base import Projector, TensorAction, group_average
