@@ -111,7 +111,16 @@ def test_doctests_exist() -> None:
 
 # ---- the public name lists stay in step -------------------------------------------------------------
 
-_SUBPACKAGES = ["groups", "actions", "subspace", "callbacks", "testing", "adapters", "experiments"]
+_SUBPACKAGES = [
+    "groups",
+    "actions",
+    "subspace",
+    "callbacks",
+    "testing",
+    "adapters",
+    "experiments",
+    "stability",
+]
 # subpackages whose every public name is also a name of the top-level package
 _MIRRORED = ["groups", "actions", "callbacks", "metrics"]
 

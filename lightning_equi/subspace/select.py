@@ -37,6 +37,9 @@ def make_projector(action: TensorAction) -> Projector:
     for special in (FourierProjector, SymmetricProjector):
         projector = special.from_action(action)
         if projector is not None:
+            # keep the lifted action, as the orbit and basis projectors do: rho_bar(g) itself is needed
+            # beyond the projection (the twirl and the isotypic parts of lightning_equi.stability)
+            projector.action = action
             return projector
     if action.is_permutation and isinstance(action.group, FiniteGroup):
         return OrbitMeanProjector(action)
