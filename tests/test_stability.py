@@ -187,6 +187,14 @@ def _basis(pmat: Tensor) -> Tensor:
 TASKS = ["perm", "trans", "rot"]
 
 
+def _in_E(model: nn.Module, loss, batch, actions) -> tuple[ParameterSpace, FrozenRisk, Tensor]:
+    """The model projected onto E, its space, its orbit-augmented risk and its parameters."""
+    projection = model.spec().bind(model)
+    projection.project_parameters_()
+    space = ParameterSpace(model, projection)
+    return space, FrozenRisk(space, loss, batch, actions), space.vector()
+
+
 @pytest.mark.parametrize("in_E", [False, True])
 @pytest.mark.parametrize("task", TASKS)
 def test_lanczos_extremes_on_E_perp_match_dense_eigh_within_60_hvps(task: str, in_E: bool) -> None:
@@ -275,11 +283,7 @@ def test_twirl_of_the_nominal_hessian_is_the_orbit_hessian_at_E(task: str) -> No
 
 def test_at_E_with_the_full_orbit_the_hessian_is_block_diagonal_and_the_gradient_in_E() -> None:
     model, loss, batch, actions, _ = _problem("rot")
-    projection = model.spec().bind(model)
-    projection.project_parameters_()
-    space = ParameterSpace(model, projection)
-    risk = FrozenRisk(space, loss, batch, actions)
-    theta = space.vector()
+    space, risk, theta = _in_E(model, loss, batch, actions)
     g = risk.gradient(theta)
     assert space.project_perp(g).norm() < 1e-13 * g.norm()  # Corollary 1
     spectrum = stability_spectrum(risk, theta)
@@ -334,11 +338,7 @@ def test_augmented_descent_from_E_plus_eps_u_grows_as_one_minus_eta_lambda(which
     # end A_T of an equi trajectory (projected gradient descent on the same frozen risk): far from it the
     # Hessian changes too fast along E for a fixed linearisation to hold
     model, loss, batch, actions, _ = _problem("perm")
-    projection = model.spec().bind(model)
-    projection.project_parameters_()
-    space = ParameterSpace(model, projection)
-    risk = FrozenRisk(space, loss, batch, actions)
-    theta = space.vector()
+    space, risk, theta = _in_E(model, loss, batch, actions)
     for _ in range(100):
         theta = theta - 0.1 * space.project_E(risk.gradient(theta))
     spectrum = stability_spectrum(risk, theta, tol=1e-10)
