@@ -85,6 +85,8 @@ _LAZY = {
             "SymmetrySpec",
             "ModelProjection",
             "resolve_spec",
+            "infer_spec",
+            "lint_model",
             "make_projector",
             "equivariant_init_",
             "OrbitMeanProjector",

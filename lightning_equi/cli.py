@@ -4,12 +4,14 @@
 level of each subcommand (next to ``trainer``, ``model`` and ``data``):
 
 * ``--mode``: ``nom`` (default), ``aug`` or ``equi`` (:data:`~lightning_equi.callbacks.MODES`);
-* ``--group``: the group, e.g. ``C4``; default: the group of the model's ``symmetry_spec()``;
+* ``--group``: the group, e.g. ``C4``; default: the group of the model's ``symmetry_spec()``. A model
+  without ``symmetry_spec()`` gets its spec inferred from ``--group`` and ``--inputs`` (zero lines:
+  ``mode: equi`` and ``group: C4`` in the YAML; :func:`~lightning_equi.subspace.infer_spec`);
 * ``--inputs``: the action on the inputs: ``image`` (default), ``points``, ``set``, ``graph``,
   ``<name>:<fields>`` such as ``image:regular``, or ``{batch key: action}``;
 * ``--targets``: the action on the targets; default ``null`` (invariant targets);
 * ``--monitor``: add an :class:`~lightning_equi.callbacks.EquivarianceMonitor`; default: when the
-  model has a ``symmetry_spec()``;
+  model has a ``symmetry_spec()``, or ``equi`` infers one;
 * ``--monitor_every_n_steps``: the monitor's logging period (default 50);
 * ``--seed_aug``: seed of the Haar sampler (default: from ``--seed_everything``);
 * ``--mode_options``: any other option of :func:`~lightning_equi.callbacks.build_callbacks`, as a
@@ -107,7 +109,8 @@ class EquiCLI(LightningCLI):
             type=str | None,
             default=None,
             help="The group, by name (C4, D4, SO2, T14x14, S10, ...). Default: the group of the model's "
-            "symmetry_spec(). Needed by aug when the model has no spec.",
+            "symmetry_spec(). Needed by aug when the model has no spec; with equi, a model without a spec "
+            "gets one inferred from the group and --inputs.",
         )
         parser.add_argument(
             "--inputs",
@@ -126,7 +129,8 @@ class EquiCLI(LightningCLI):
             "--monitor",
             type=bool | None,
             default=None,
-            help="Add an EquivarianceMonitor (default: when the model has a symmetry_spec()).",
+            help="Add an EquivarianceMonitor (default: when the model has a symmetry_spec(), or equi "
+            "infers one).",
         )
         parser.add_argument(
             "--monitor_every_n_steps",
@@ -192,8 +196,8 @@ class EquiCLI(LightningCLI):
                     f"{type(model).__name__}.symmetry_spec() returned {type(spec).__name__}, "
                     "expected a SymmetrySpec or a ModelProjection"
                 )
-        if monitor is None:
-            monitor = spec is not None
+        if monitor is None:  # also when the spec will be inferred (mode equi, a group, no spec)
+            monitor = spec is not None or (mode == "equi" and group is not None)
         options = dict(mode_options or {})
         for key, value in (("every_n_steps", monitor_every_n_steps), ("seed", seed_aug)):
             if key in options:

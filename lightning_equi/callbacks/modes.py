@@ -24,7 +24,7 @@ from lightning_equi.callbacks.equivariant_projection import EquivariantProjectio
 from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
 from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE, binds_late, group_or_none
 from lightning_equi.groups import Group, get_group
-from lightning_equi.subspace import ModelProjection, SymmetrySpec, resolve_spec
+from lightning_equi.subspace import InferredSpec, ModelProjection, SymmetrySpec, resolve_spec
 
 __all__ = ["MODES", "build_callbacks"]
 
@@ -60,7 +60,10 @@ def build_callbacks(
         mode: ``"nom"``, ``"aug"`` or ``"equi"``.
         group: the group, by name; ``aug`` needs it unless ``spec`` or ``model.symmetry_spec()`` gives it.
         spec: the model's :class:`~lightning_equi.subspace.spec.SymmetrySpec`; ``None`` uses the model's
-            ``symmetry_spec()`` method (``equi`` and the monitor need one or the other).
+            ``symmetry_spec()`` method, else, given ``group`` and a single ``inputs`` action, a spec
+            inferred from the model when the callbacks bind it
+            (:class:`~lightning_equi.subspace.InferredSpec`: zero lines; ``outputs``, or ``targets``,
+            says whether the output is invariant or moves).
         inputs: the action on the inputs (``"image"``, an Action, or ``{batch key: action}``); checked
             now against the group when it is known (``group``, ``spec`` or ``model``).
         targets: the action on the targets (``None`` for invariant targets); with ``outputs``
@@ -118,6 +121,11 @@ def build_callbacks(
     if group is None and declared is not None:
         group = declared.group  # the group the spec declares
     _check_inputs(inputs, group)
+    if declared is None and group is not None and inputs is not None and not isinstance(inputs, Mapping):
+        # zero lines: the spec is inferred from the model when the callbacks bind it (a model's own
+        # symmetry_spec() still wins there, in resolve_spec)
+        spec = declared = InferredSpec(group, inputs=inputs, outputs=outputs)
+        source = "the inferred spec"
     late = isinstance(model, LightningModule) and binds_late(model)  # layers built in its setup()
     if model is not None and declared is not None and not late and (monitor or mode == "equi"):
         try:  # bind now, so that a spec error surfaces here rather than at the fit's setup

@@ -10,6 +10,7 @@ Pure torch: nothing here imports Lightning, and escnn is only ever imported lazi
 * ``select`` -- :func:`make_projector`: the cheapest exact projector for an action;
 * ``layers`` -- torch layer shapes: the channels, kernel factors and lifted actions of each layer type;
 * ``spec`` -- :class:`SymmetrySpec`, its binding to a model, :func:`resolve_spec`;
+* ``inference`` -- :func:`infer_spec`: the spec of a plain torch model, by tracing it (zero lines);
 * ``projection`` -- :class:`ModelProjection` (a bound spec) and its :class:`ProjectedTensor` entries;
 * ``initialization`` -- :func:`equivariant_init_`: draw as usual, then project onto E;
 * ``batchnorm`` -- :func:`pool_batch_statistics`: BatchNorm statistics pooled over each field;
@@ -36,8 +37,9 @@ from lightning_equi.subspace.distance import (
     total_distance,
 )
 from lightning_equi.subspace.fourier import FourierProjector
+from lightning_equi.subspace.inference import InferredSpec, infer_spec
 from lightning_equi.subspace.initialization import equivariant_init_, initialize_in_E_
-from lightning_equi.subspace.lint import GridWarning, grid_warnings
+from lightning_equi.subspace.lint import GridWarning, grid_warnings, lint_model
 from lightning_equi.subspace.orbit import OrbitMeanProjector, orbit_ids
 from lightning_equi.subspace.permutation import SymmetricProjector
 from lightning_equi.subspace.projection import ModelProjection, ProjectedTensor
@@ -66,10 +68,13 @@ __all__ = [
     "ProjectedTensor",
     "HasSymmetrySpec",
     "resolve_spec",
+    "InferredSpec",
+    "infer_spec",
     "interleaved",
     "LAYOUTS",
     "GridWarning",
     "grid_warnings",
+    "lint_model",
     "FIELD_NAMES",
     "equivariant_init_",
     "initialize_in_E_",

@@ -11,6 +11,23 @@ with hooks, checks each layer at the size it sees, and names the nearest input s
 layer is exact; :meth:`SymmetrySpec.bind(model, example_input=...)
 <lightning_equi.subspace.SymmetrySpec.bind>` calls it. The escnn adapters' ``grid_lint`` does the same
 for escnn models.
+
+:func:`lint_model` is the whole lint for a plain torch model (any ``nn.Module``, ``nn.Sequential``
+included), run by :func:`~lightning_equi.subspace.infer_spec`: besides the windows at the example input
+size, what breaks equivariance at every size, read from the layers themselves:
+
+* ``padding="same"`` with an even (dilated) kernel: torch pads one more sample on the right and bottom,
+  so the window is off-centre (an even kernel with explicit, symmetric padding is exact: its output
+  grid sits half a pixel off, symmetrically, which the window test above checks);
+* asymmetric padding layers (``nn.ZeroPad2d((0, 1, 0, 1))``, ...): the group needs equal padding on the
+  sides it exchanges (all four under quarter turns, left and right under a mirror);
+* ``padding_mode`` on a group that shifts a cyclic grid (C_N, D_N, T<N> on 1-D signals, a torus on
+  images): only ``"circular"`` commutes with the shifts (zeros, reflect and replicate are symmetric, so
+  they are fine under rotations and mirrors alone), and 1-d strides or off-centre windows under mirrors;
+* parameters outside any layer (a positional embedding added to the features): the group moves the
+  features, not the parameter;
+* with :func:`~lightning_equi.subspace.infer_spec`, pointwise nonlinearities on fields that are not
+  permutation representations.
 """
 
 from __future__ import annotations
@@ -25,7 +42,7 @@ from torch import Tensor, nn
 
 from lightning_equi.groups import CyclicGroup, DihedralGroup, Group
 
-__all__ = ["GridWarning", "grid_warnings", "window_is_symmetric"]
+__all__ = ["GridWarning", "grid_warnings", "window_is_symmetric", "lint_model"]
 
 _ADAPTIVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _ADAPTIVE += (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
@@ -226,3 +243,153 @@ def grid_warnings(
         lines = "\n  ".join(messages)
         warnings.warn(f"{group.name} at input {tuple(x.shape[1:])}:\n  {lines}", GridWarning, stacklevel=3)
     return messages
+
+
+_PAD_LAYERS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ReflectionPad1d)
+_PAD_LAYERS += (
+    nn.ReflectionPad2d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.CircularPad1d,
+    nn.CircularPad2d,
+)
+
+
+def _shifts_a_cyclic_grid(group: Group, dims: int) -> bool:
+    """Whether the group shifts a cyclic grid of ``dims`` axes (1: signals, 2: a torus on images)."""
+    from lightning_equi.actions.signals import cyclic_length
+    from lightning_equi.groups import TorusTranslations
+
+    if isinstance(group, TorusTranslations):
+        return len(group.shape) == dims
+    if dims != 1:
+        return False
+    try:
+        return cyclic_length(group) is not None
+    except ValueError:
+        return False
+
+
+def _static(model: nn.Module, group: Group) -> list[str]:
+    """What breaks equivariance at every input size, read from the layers' settings."""
+    from lightning_equi.subspace.layers import CONV, CONV_T, LAYERS, NORMS, signal_geometry_warnings
+
+    placement = _axes(group)
+    out: list[str] = []
+    for name, m in model.named_modules():
+        where = f"layer {name!r} ({type(m).__name__})"
+        kernel = getattr(m, "kernel_size", None)
+        if isinstance(m, (*CONV, *CONV_T)) and m.padding == "same":
+            odd = [d * (k - 1) % 2 for k, d in zip(m.kernel_size, m.dilation, strict=True)]
+            if any(odd):
+                out.append(
+                    f"{where}: padding='same' with the even kernel {tuple(m.kernel_size)} pads one more "
+                    "sample on the right/bottom than on the left/top, so its window is off-centre at every "
+                    "size: use an odd kernel_size, or explicit symmetric padding (padding=k // 2)"
+                )
+        if isinstance(m, _PAD_LAYERS) and placement is not None:
+            pad = tuple(m.padding)  # (left, right[, top, bottom])
+            moved, square = placement
+            sides = pad if square and moved == 2 and len(pad) == 4 else None
+            if sides is not None and len(set(sides)) > 1:
+                out.append(
+                    f"{where}: pads {pad} (left, right, top, bottom); quarter turns need equal padding "
+                    "on all sides"
+                )
+            elif pad[0] != pad[1] or (len(pad) == 4 and moved == 2 and pad[2] != pad[3]):
+                out.append(
+                    f"{where}: pads {pad} (left, right, top, bottom); mirrors need equal padding on the "
+                    "sides they exchange"
+                )
+        if isinstance(m, (*CONV, *CONV_T)) and _shifts_a_cyclic_grid(group, len(m.kernel_size)):
+            if len(m.kernel_size) == 1:
+                out.extend(signal_geometry_warnings(m, group, where))
+            elif m.padding_mode != "circular" and any(k > 1 for k in m.kernel_size):
+                out.append(
+                    f"{where}: padding_mode={m.padding_mode!r} does not commute with the shifts of "
+                    f"{group.name}'s cyclic grid: pass padding_mode='circular'"
+                )
+        elif isinstance(m, (nn.MaxPool1d, nn.AvgPool1d)) and _shifts_a_cyclic_grid(group, 1) and kernel != 1:
+            stride = m.stride if isinstance(m.stride, int) else m.stride[0]
+            if stride != 1:
+                out.append(
+                    f"{where}: stride {stride} keeps one sample in {stride}, which does not commute with "
+                    f"every shift of {group.name}'s cyclic grid: pool globally (nn.AdaptiveAvgPool1d(1)) "
+                    "instead"
+                )
+        if isinstance(m, nn.Embedding) or not isinstance(m, (*LAYERS, *NORMS)):
+            for pname, p in m.named_parameters(recurse=False):
+                if p.dim() >= 2 or isinstance(m, nn.Embedding):
+                    qualified = f"{name}.{pname}" if name else pname
+                    out.append(
+                        f"parameter {qualified!r} (shape {tuple(p.shape)}) belongs to no layer: if it is "
+                        "added to the features (a positional embedding), it breaks equivariance, as the "
+                        "group moves the features and not the parameter; remove it, or make it invariant "
+                        "(declare it with spec.parameter(...))"
+                    )
+    return out
+
+
+def lint_model(
+    model: nn.Module,
+    group: Group | str,
+    example_input: Tensor | Sequence[int] | None = None,
+    *,
+    inputs: object = None,
+    warn: bool = True,
+    findings: Sequence[object] = (),
+) -> list[str]:
+    """Everything in a plain torch model that breaks exact equivariance whatever its weights.
+
+    The checks of the module docstring: the layers' settings (at every size), the windows of every
+    convolution and pooling layer at ``example_input``'s size (:func:`grid_warnings`, with the nearest
+    exact input sides), and, with ``inputs`` (the action on the model's input), what the inferred
+    fields say (:func:`~lightning_equi.subspace.infer_spec`: a nonlinearity on fields that are not a
+    permutation representation, or the reason inference refuses the model).
+
+    Args:
+        model: any ``nn.Module`` (``nn.Sequential`` included).
+        group: the group, or its name.
+        example_input: an input batch, or its shape without the batch axis (``(C, H, W)``).
+        inputs: the action on the input (``"image"``, ...), to check the fields too.
+        warn: also emit the messages as one :class:`GridWarning`.
+        findings: more messages to report with these (what inference found).
+
+    Returns:
+        One message per problem, naming the layer and the fix.
+
+    Example:
+        >>> from lightning_equi.groups import get_group
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 2, padding="same"), nn.ZeroPad2d((0, 1, 0, 1)),
+        ...                     nn.Conv2d(4, 4, 3, stride=2, padding=1))
+        >>> for message in lint_model(net, "C4", (1, 9, 9), warn=False):
+        ...     print(message[:64])
+        layer '0' (Conv2d): padding='same' with the even kernel (2, 2) p
+        layer '1' (ZeroPad2d): pads (0, 1, 0, 1) (left, right, top, bott
+        layer '2' (Conv2d, kernel 3, stride 2, padding 1) sees width 10:
+    """
+    from lightning_equi.groups import get_group
+
+    group = get_group(group)
+    messages = _static(model, group)
+    found = [str(f) for f in findings]
+    if inputs is not None:
+        from lightning_equi.subspace.inference import infer_spec
+
+        try:
+            spec = infer_spec(model, group, inputs, example_input=example_input, lint=False)
+            found += [str(f) for f in spec.findings]
+        except ValueError as err:
+            found.append(f"the spec cannot be inferred: {err}")
+    messages += found
+    if example_input is not None:
+        messages += grid_warnings(model, group, example_input, warn=False)
+    if warn and messages:
+        size = "" if example_input is None else f" at input {_shape(example_input)}"
+        lines = "\n  ".join(messages)
+        warnings.warn(f"{group.name}{size}:\n  {lines}", GridWarning, stacklevel=2)
+    return messages
+
+
+def _shape(example: Tensor | Sequence[int]) -> tuple[int, ...]:
+    return tuple(example.shape[1:]) if isinstance(example, Tensor) else tuple(int(v) for v in example)

@@ -153,6 +153,82 @@ class SymmetrySpec:
         self._free: list[Target] = []
         self._parameters: dict[str, TensorAction | Projector] = {}
         self._field_cache: dict[tuple[str, int], Representation] = {}
+        #: what :meth:`infer` found that breaks equivariance whatever the weights (see the lint)
+        self.findings: list = []
+
+    #: ``True`` for a spec inferred when it is bound
+    #: (:class:`~lightning_equi.subspace.inference.InferredSpec`), which a model's own
+    #: ``symmetry_spec()`` replaces in :func:`resolve_spec`
+    deferred = False
+
+    @staticmethod
+    def infer(
+        model: nn.Module,
+        group: Group | str,
+        inputs: object = "image",
+        outputs: object = None,
+        *,
+        example_input: Tensor | Sequence[int] | None = None,
+        hidden: Fields | dict[str, Fields] | None = None,
+    ) -> SymmetrySpec:
+        """The spec of a plain torch model, inferred by tracing it (:mod:`lightning_equi.subspace.inference`).
+
+        ``inputs`` is the action on the model's input (``"image"``, ``"signal"``, ``"set"``, ``"graph"``,
+        optionally ``"<name>:<fields>"``), ``outputs`` the action on its output (``None``: invariant);
+        hidden layers get ``hidden`` fields (default ``"regular"`` on images). The result declares every
+        layer; print it with :meth:`declarations`, edit it like any other spec.
+
+        Example:
+            >>> net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
+            >>> print(SymmetrySpec.infer(net, "C4", inputs="image", outputs="image").declarations())
+            SymmetrySpec('C4')
+                .layer('0', 'trivial', 'regular')
+                .layer('2', 'regular', 'trivial')
+        """
+        from lightning_equi.subspace.inference import infer_spec
+
+        return infer_spec(model, group, inputs, outputs, example_input=example_input, hidden=hidden)
+
+    def declarations(self) -> str:
+        """The spec as the code that declares it (to copy into a model's ``symmetry_spec()`` and edit).
+
+        Fields that are not named (a product of channel fields and a pixel grid, ...) print as
+        ``<Representation ...>``: build them with
+        :func:`~lightning_equi.subspace.inference.product_representation`.
+
+        Example:
+            >>> print(SymmetrySpec("C4").layers(nn.Conv2d, fields="regular").layer("fc", "regular", "trivial")
+            ...       .free("head").declarations())
+            SymmetrySpec('C4')
+                .layers(nn.Conv2d, fields='regular')
+                .layer('fc', 'regular', 'trivial')
+                .free('head')
+        """
+        lines = [f"SymmetrySpec({self.group.name!r})"]
+        for kinds, decl in self._types:
+            names = ", ".join(f"nn.{k.__name__}" for k in kinds)
+            names = names if len(kinds) == 1 else f"({names})"
+            if decl.in_fields == decl.out_fields:
+                sides = f"fields={_code(decl.in_fields)}"
+            else:
+                sides = f"in_fields={_code(decl.in_fields)}, out_fields={_code(decl.out_fields)}"
+            lines.append(f"    .layers({names}, {sides}{_layout_code(decl.layout)})")
+        for target, decl in self._layers:
+            who = repr(target) if isinstance(target, str) else f"<{type(target).__name__}>"
+            if decl.layout == ("norm", "norm"):
+                lines.append(f"    .norm({who}, {_code(decl.in_fields)})")
+                continue
+            sides = f"{_code(decl.in_fields)}, {_code(decl.out_fields)}"
+            lines.append(f"    .layer({who}, {sides}{_layout_code(decl.layout)})")
+        for target in self._free:
+            lines.append(
+                f"    .free({target!r})"
+                if isinstance(target, str)
+                else f"    .free(<{type(target).__name__}>)"
+            )
+        for name, action in self._parameters.items():
+            lines.append(f"    .parameter({name!r}, <{type(action).__name__}>)")
+        return "\n".join(lines)
 
     # ---- declaring --------------------------------------------------------------------------------
 
@@ -223,7 +299,7 @@ class SymmetrySpec:
     def norm(self, module: Target, fields: Fields) -> SymmetrySpec:
         """Declare the fields a normalisation layer normalises (by default, the preceding layer's)."""
         _check_fields(fields, f"norm({_show(module)}) fields")
-        self._layers.append((_check_target(module, "norm"), _Declaration(fields, fields)))
+        self._layers.append((_check_target(module, "norm"), _Declaration(fields, fields, ("norm", "norm"))))
         return self
 
     def free(self, *targets: Target) -> SymmetrySpec:
@@ -415,6 +491,20 @@ def interleaved(rho: Representation, where: str = "fields") -> Representation:
     return Representation(
         rho.group, rho.dim, f"interleaved({rho.name})", matrices, perm if rho.is_permutation else None
     )
+
+
+def _code(fields: Fields | None) -> str:
+    if isinstance(fields, Representation):
+        return f"<Representation {fields.name} (dim {fields.dim})>"
+    if isinstance(fields, (list, tuple)):
+        return "[" + ", ".join(_code(f) for f in fields) + "]"
+    return repr(fields)
+
+
+def _layout_code(layout: tuple[str, str]) -> str:
+    if layout[0] == layout[1]:
+        return "" if layout[0] == "fields" else f", layout={layout[0]!r}"
+    return f", layout={layout!r}"
 
 
 def _show(module: Target) -> str:
@@ -782,11 +872,21 @@ def resolve_spec(
     model: nn.Module,
     spec: SymmetrySpec | ModelProjection | None = None,
     group: Group | str | None = None,
+    *,
+    inputs: object = None,
+    outputs: object = None,
 ) -> ModelProjection:
-    """The :class:`ModelProjection` of ``model``: from ``spec``, or from ``model.symmetry_spec()``.
+    """The :class:`ModelProjection` of ``model``: from ``spec``, or from ``model.symmetry_spec()``, or
+    inferred.
 
     ``group``, when given, is the group the caller means: a spec for another group is refused, wherever
     it came from (a model's ``symmetry_spec()`` for C4 trained as D4 would otherwise mix the two).
+
+    A declared spec always wins: a model's ``symmetry_spec()`` replaces a spec that is only to be
+    inferred (an :class:`~lightning_equi.subspace.inference.InferredSpec`, what ``build_callbacks``
+    passes the callbacks for a model without a spec). With no spec at all, ``group`` and ``inputs``
+    (the action on the model's input, e.g. ``"image"``) infer one (:meth:`SymmetrySpec.infer`, with
+    ``outputs`` the action on the output, ``None`` for invariant outputs).
 
     Raises:
         ValueError: if the model has no spec, the spec is for another group than ``group``, or the spec
@@ -804,12 +904,18 @@ def resolve_spec(
         ValueError: group='C4' but the symmetry spec is for C2; give one group (or leave group unset)
     """
     source = "the symmetry spec"
+    method = getattr(model, "symmetry_spec", None)
+    if isinstance(spec, SymmetrySpec) and spec.deferred and callable(method):
+        spec = None  # the model declares its spec: it wins over inference
+    if spec is None and not callable(method) and group is not None and inputs is not None:
+        spec = SymmetrySpec.infer(model, group, inputs, outputs)
+        source = "the inferred spec"
     if spec is None:
-        method = getattr(model, "symmetry_spec", None)
         if not callable(method):
             raise ValueError(
                 f"{type(model).__name__} has no symmetry spec: pass spec=SymmetrySpec(group).layer(...), or "
-                "define a method symmetry_spec(self) -> SymmetrySpec on the model"
+                "define a method symmetry_spec(self) -> SymmetrySpec on the model, or give group= and "
+                "inputs= to infer it"
             )
         spec = method()
         source = f"{type(model).__name__}.symmetry_spec()"

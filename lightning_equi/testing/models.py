@@ -1,4 +1,4 @@
-"""Tiny models with a ``symmetry_spec()`` method and their own deterministic training data."""
+"""Tiny models with a ``symmetry_spec()`` method (and one without), with deterministic training data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_equi.groups import get_group
 from lightning_equi.subspace import SymmetrySpec
 
-__all__ = ["BoringEquiModel", "IrrepsEquiModel"]
+__all__ = ["BoringEquiModel", "IrrepsEquiModel", "PlainCNNModel"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
@@ -109,6 +109,21 @@ class BoringEquiModel(_TinyModule):
     def make_data(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         n, s = self.hparams.n_samples, self.size
         return torch.randn(n, 1, s, s, generator=generator), torch.randn(n, 1, generator=generator)
+
+
+class PlainCNNModel(BoringEquiModel):
+    """:class:`BoringEquiModel`'s network and data without a ``symmetry_spec()``: the zero-line case,
+    whose spec ``build_callbacks("equi", group="C4", inputs="image")`` (or ``--mode equi --group C4``)
+    infers (:func:`~lightning_equi.subspace.infer_spec`).
+
+    Example:
+        >>> from lightning_equi.subspace import resolve_spec
+        >>> model = PlainCNNModel()
+        >>> resolve_spec(model, group="C4", inputs="image").dim == resolve_spec(BoringEquiModel()).dim
+        True
+    """
+
+    symmetry_spec = None  # type: ignore[assignment]
 
 
 class IrrepsEquiModel(_TinyModule):
