@@ -616,9 +616,7 @@ def _step(node: fx.Node, env: dict, state: _State, modules: dict[str, nn.Module]
         return FIXED  # shapes, constants, and tensors built from them
     if node.op == "call_module":
         return _module(node, args[0], state, modules)
-    if node.op == "call_method":
-        return _method(node, args, kwargs, state)
-    return _function(node, args, kwargs, state)
+    return _call(node, args, kwargs, state)
 
 
 def _leaves(items: Any) -> list:
@@ -924,64 +922,69 @@ def _show_axes(x: _Value) -> str:
 # ---- functions and methods -----------------------------------------------------------------------
 
 
-def _function(node: fx.Node, args: list, kwargs: dict, state: _State) -> Any:
-    target = node.target
-    name = getattr(target, "__name__", str(target))
+def _category(node: fx.Node) -> str | None:
+    """What a function or method call does to fields (``None``: not known here)."""
+    t = node.target
+    if node.op == "call_method":
+        table = {
+            **dict.fromkeys(_POINTWISE_METHODS | {"softmax", "log_softmax"}, "pointwise"),
+            **dict.fromkeys(_IDENTITY_METHODS, "identity"),
+            **dict.fromkeys(_ARITHMETIC_METHODS, "arithmetic"),
+            **dict.fromkeys(("mean", "sum", "amax", "amin"), "reduce"),
+            **dict.fromkeys(("transpose", "permute"), "permute"),
+            **dict.fromkeys(("view", "reshape"), "reshape"),
+            **dict.fromkeys(("size", "dim", "numel", "ndimension"), "metadata"),
+            "flatten": "flatten",
+        }
+        return table.get(t)
+    for funcs, kind in (
+        (_POINTWISE_FUNCTIONS | _SOFTMAX, "pointwise"),
+        (_IDENTITY_FUNCTIONS, "identity"),
+        (_ARITHMETIC, "arithmetic"),
+        (set(_REDUCTIONS), "reduce"),
+        (_POOL_FUNCTIONS, "pool"),
+        ({F.interpolate, F.pad}, "resize"),
+        ({torch.cat, torch.concat}, "cat"),
+        ({torch.flatten}, "flatten"),
+        ({operator.getitem}, "getitem"),
+        ({getattr}, "metadata"),
+    ):
+        if t in funcs:
+            return kind
+    return None
+
+
+def _call(node: fx.Node, args: list, kwargs: dict, state: _State) -> Any:
+    """A function (``torch.cat``, ``F.relu``, ``operator.add``) or method (``x.mean``) call."""
+    kind = _category(node)
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
     x = args[0] if args else None
-    if target in _POINTWISE_FUNCTIONS:
+    if kind == "metadata" or (node.op == "call_method" and not _moved(x)):
+        return FIXED  # x.shape, x.size(0): not moved
+    if kind == "pointwise":
         _pointwise(f"op {name!r} (node {node.name!r})", x, state, name)
         return x
-    if target in _IDENTITY_FUNCTIONS:
+    if kind == "identity":
         return x
-    if target in _ARITHMETIC:
-        return _binary(args[0], args[1] if len(args) > 1 else kwargs.get("other"), node)
-    if target is torch.cat or target is torch.concat:
-        return _cat(args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0), node)
-    if target is torch.flatten:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        if start != 1 or end != -1:
-            raise _Unsupported(f"torch.flatten(x, {start}, {end}); only start_dim=1 is known")
-        return _flatten_value(x, node, state)
-    if target in _REDUCTIONS:
-        return _reduce(x, node, _dims_arg(node), bool(_kw(node, "keepdim", 2, False)))
-    if target in _POOL_FUNCTIONS:
-        return _pool(x, node, len(_grid_axes(x)), name)
-    if target is F.interpolate or target is F.pad:
-        return _resized(x, node)
-    if target in _SOFTMAX:
-        _pointwise(f"op {name!r} (node {node.name!r})", x, state, name)
-        return x
-    if target is operator.getitem:
-        return _getitem(x, node)
-    if target is getattr:
-        return FIXED  # x.shape, x.dtype: metadata
-    raise _Unsupported(
-        f"inference does not know how {name} acts on fields; rewrite it with known ops, or declare the "
-        "spec by hand (SymmetrySpec(group).layer(...))"
-    )
-
-
-def _method(node: fx.Node, args: list, kwargs: dict, state: _State) -> Any:
-    method, x = node.target, args[0]
-    if method in ("size", "dim", "numel", "ndimension"):
-        return FIXED
-    if not _moved(x):
-        return FIXED
-    if method in _POINTWISE_METHODS:
-        _pointwise(f"op {method!r} (node {node.name!r})", x, state, method)
-        return x
-    if method in _IDENTITY_METHODS:
-        return x
-    if method in _ARITHMETIC_METHODS:
+    if kind == "arithmetic":
         return _binary(x, args[1] if len(args) > 1 else kwargs.get("other"), node)
-    if method == "flatten":
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        if start != 1 or end != -1:
-            raise _Unsupported(f"x.flatten({start}, {end}); only start_dim=1 is known")
-        return _flatten_value(x, node, state)
-    if method in ("view", "reshape"):
+    if kind == "cat":
+        return _cat(x, node)
+    if kind == "flatten":
+        return _flatten_call(
+            x, node, state, "x.flatten(" if node.op == "call_method" else "torch.flatten(x, "
+        )
+    if kind == "reduce":
+        return _reduce(x, node, _dims_arg(node), bool(_kw(node, "keepdim", 2, False)))
+    if kind == "pool":
+        return _pool(x, node, len(_grid_axes(x)), name)
+    if kind == "resize":
+        return _resized(x, node)
+    if kind == "getitem":
+        return _getitem(x, node)
+    if kind == "permute":
+        return _permute(x, node)
+    if kind == "reshape":
         shape = (
             node.args[1:]
             if len(node.args) > 2 or not isinstance(node.args[1], (tuple, list))
@@ -989,18 +992,20 @@ def _method(node: fx.Node, args: list, kwargs: dict, state: _State) -> Any:
         )
         if len(shape) == 2 and shape[-1] == -1:
             return _flatten_value(x, node, state)
-        raise _Unsupported(f"x.{method}{tuple(shape)}; inference follows x.{method}(x.size(0), -1) only")
-    if method in ("mean", "sum", "amax", "amin"):
-        return _reduce(x, node, _dims_arg(node), bool(_kw(node, "keepdim", 2, False)))
-    if method in ("softmax", "log_softmax"):
-        _pointwise(f"op {method!r} (node {node.name!r})", x, state, method)
-        return x
-    if method in ("transpose", "permute"):
-        return _permute(x, node)
+        raise _Unsupported(f"x.{name}{tuple(shape)}; inference follows x.{name}(x.size(0), -1) only")
+    call = f"x.{name}(...)" if node.op == "call_method" else name
     raise _Unsupported(
-        f"inference does not know how x.{method}(...) acts on fields; rewrite it with known ops, or declare "
-        "the spec by hand (SymmetrySpec(group).layer(...))"
+        f"inference does not know how {call} acts on fields; rewrite it with known ops, or declare the "
+        "spec by hand (SymmetrySpec(group).layer(...))"
     )
+
+
+def _flatten_call(x: _Value, node: fx.Node, state: _State, call: str) -> _Value:
+    """``torch.flatten(x, 1)`` or ``x.flatten(1)``: the only flattening inference follows."""
+    start, end = _kw(node, "start_dim", 1, 0), _kw(node, "end_dim", 2, -1)
+    if start != 1 or end != -1:
+        raise _Unsupported(f"{call}{start}, {end}); only start_dim=1 (to the end) is known")
+    return _flatten_value(x, node, state)
 
 
 def _kw(node: fx.Node, name: str, position: int, default: Any) -> Any:
@@ -1098,8 +1103,8 @@ def _single_scalar(x: _Value, node: fx.Node) -> bool:
     return not rest and _key(f) == "trivial" and (copies == 1 or size == 1)
 
 
-def _cat(tensors: Any, dim: Any, node: fx.Node) -> _Value:
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+def _cat(tensors: Any, node: fx.Node) -> _Value:
+    dim = _kw(node, "dim", 1, 0)
     parts = [t for t in tensors if _moved(t)]
     if len(parts) != len(tensors):
         raise _Unsupported("concatenates tensors the group moves with ones it does not")
