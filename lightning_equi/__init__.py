@@ -101,6 +101,7 @@ _LAZY = {
             "HaarAugmentation",
             "EquivariantProjection",
             "EquivarianceMonitor",
+            "StabilityMonitor",
             "build_callbacks",
             "MODES",
             "TAGS",

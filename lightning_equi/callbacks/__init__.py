@@ -3,6 +3,7 @@
 * :class:`HaarAugmentation` -- *aug*: transform each training batch by Haar-distributed elements.
 * :class:`EquivariantProjection` -- *equi*: start in E and project every gradient onto E.
 * :class:`EquivarianceMonitor` -- log distances to E and the functional equivariance error.
+* :class:`StabilityMonitor` -- log the augmented Hessian's extreme eigenvalues on E-perp (is E stable?).
 * :func:`build_callbacks` -- the callbacks of a mode chosen by one flag (``"nom"``, ``"aug"``, ``"equi"``).
 
 Each callback is a few hooks over the functional core (``lightning_equi.actions``, ``subspace``,
@@ -18,11 +19,13 @@ from lightning_equi.callbacks.equivariant_projection import EquivariantProjectio
 from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
 from lightning_equi.callbacks.layout import TAGS
 from lightning_equi.callbacks.modes import MODES, build_callbacks
+from lightning_equi.callbacks.stability_monitor import StabilityMonitor
 
 __all__ = [
     "HaarAugmentation",
     "EquivariantProjection",
     "EquivarianceMonitor",
+    "StabilityMonitor",
     "build_callbacks",
     "make_action",
     "MODES",
