@@ -3,7 +3,8 @@
 :class:`EquiCLI` is a :class:`~lightning.pytorch.cli.LightningCLI` with a few more options at the top
 level of each subcommand (next to ``trainer``, ``model`` and ``data``):
 
-* ``--mode``: ``nom`` (default), ``aug`` or ``equi`` (:data:`~lightning_equi.callbacks.MODES`);
+* ``--mode``: ``nom`` (default), ``aug``, ``equi``, ``reg`` or ``aug+reg``
+  (:data:`~lightning_equi.callbacks.MODES`);
 * ``--group``: the group, e.g. ``C4``; default: the group of the model's ``symmetry_spec()``. A model
   without ``symmetry_spec()`` gets its spec inferred from ``--group`` and ``--inputs`` (zero lines:
   ``mode: equi`` and ``group: C4`` in the YAML; :func:`~lightning_equi.subspace.infer_spec`);
@@ -14,6 +15,11 @@ level of each subcommand (next to ``trainer``, ``model`` and ``data``):
   model has a ``symmetry_spec()``, or ``equi`` infers one;
 * ``--monitor_every_n_steps``: the monitor's logging period (default 50);
 * ``--seed_aug``: seed of the Haar sampler (default: from ``--seed_everything``);
+* ``--gamma``: the penalty's strength in modes ``reg`` and ``aug+reg``: a number (default 1), ``inf``,
+  or ``{layer: gamma, '*': gamma}``;
+* ``--penalty``: ``proximal`` (default: stable for every lr * gamma) or ``additive`` (the gradient);
+* ``--gamma_schedule``: a schedule instead of ``--gamma``, e.g. ``{kind: warmup, gamma: 100, steps: 500}``
+  (kinds: :data:`~lightning_equi.schedules.SCHEDULES`);
 * ``--mode_options``: any other option of :func:`~lightning_equi.callbacks.build_callbacks`, as a
   dict: ``{copies: 4}``, ``{orbit: true}``, ``{reproject_weights: true}``, ...
 
@@ -40,6 +46,7 @@ Example (Python):
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Literal
 
@@ -48,6 +55,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_equi.callbacks.modes import MODES, build_callbacks
+from lightning_equi.schedules import make_schedule
 from lightning_equi.subspace import ModelProjection, SymmetrySpec
 
 __all__ = ["EquiCLI", "ModeConfigError", "main", "MODE_OPTIONS"]
@@ -61,11 +69,17 @@ MODE_OPTIONS: dict[str, Any] = {
     "monitor": None,
     "monitor_every_n_steps": 50,
     "seed_aug": None,
+    "gamma": None,
+    "penalty": None,
+    "gamma_schedule": None,
     "mode_options": {},
 }
 
-Mode = Literal["nom", "aug", "equi"]
+Mode = Literal["nom", "aug", "equi", "reg", "aug+reg"]
 assert set(Mode.__args__) == set(MODES), "Mode must list the modes of build_callbacks"
+
+# A gamma: a number, inf, or {layer: number or inf} (YAML reads a bare `inf` as a string)
+GammaArg = float | Literal["inf"] | dict[str, float | Literal["inf"]] | None
 
 # An action: a name ("image", "points:standard", ...), or {batch key or index: name or null}.
 ActionArg = str | dict[int | str, str | None] | None
@@ -145,6 +159,27 @@ class EquiCLI(LightningCLI):
             help="Seed of the Haar sampler of mode aug (default: from seed_everything).",
         )
         parser.add_argument(
+            "--gamma",
+            type=GammaArg,
+            default=None,
+            help="Modes reg and aug+reg: the penalty gamma/2 ||Pi_perp A||^2 per layer: a number (default 1; "
+            "inf: projected onto E after each step) or {layer: gamma, '*': gamma for the others}.",
+        )
+        parser.add_argument(
+            "--penalty",
+            type=Literal["proximal", "additive"] | None,
+            default=None,
+            help="Modes reg and aug+reg: 'proximal' (default; after the optimizer step, stable for every "
+            "lr * gamma, any optimizer) or 'additive' (gamma Pi_perp A added to the gradient; plain SGD).",
+        )
+        parser.add_argument(
+            "--gamma_schedule",
+            type=dict[str, Any] | None,
+            default=None,
+            help="Modes reg and aug+reg: a schedule gamma(step) instead of --gamma, e.g. {kind: warmup, "
+            "gamma: 100, steps: 500}; kinds: constant, warmup, cosine, relax_return.",
+        )
+        parser.add_argument(
             "--mode_options",
             type=dict[str, Any],
             default={},
@@ -178,6 +213,9 @@ class EquiCLI(LightningCLI):
         monitor: bool | None = None,
         monitor_every_n_steps: int = 50,
         seed_aug: int | None = None,
+        gamma: float | str | dict[str, float | str] | None = None,
+        penalty: str | None = None,
+        gamma_schedule: dict[str, Any] | None = None,
         mode_options: dict[str, Any] | None = None,
     ) -> list[Callback]:
         """The callbacks of ``mode`` for ``model``, from the CLI's options.
@@ -206,8 +244,25 @@ class EquiCLI(LightningCLI):
                     f"--{'monitor_every_n_steps' if key == 'every_n_steps' else 'seed_aug'} instead"
                 )
             # `seed` also reaches the monitor's probe seed; leave it out unless given
-            if value is not None and (key != "seed" or mode == "aug"):
+            if value is not None and (key != "seed" or mode in ("aug", "aug+reg")):
                 options[key] = value
+        if gamma is not None and gamma_schedule is not None:
+            raise ModeConfigError(
+                "--gamma and --gamma_schedule both set: give the schedule's value inside it, e.g. "
+                "--gamma_schedule '{kind: warmup, gamma: 100, steps: 500}'"
+            )
+        gamma = _infinite(gamma)
+        if gamma_schedule is not None:
+            try:
+                gamma = make_schedule(gamma_schedule)
+            except ValueError as err:
+                raise ModeConfigError(f"--gamma_schedule: {err}") from err
+        for key, value in (("gamma", gamma), ("penalty", penalty)):
+            if value is None:
+                continue
+            if key in options:
+                raise ModeConfigError(f"mode_options sets {key!r}={options[key]!r}: use --{key} instead")
+            options[key] = value
         try:
             return build_callbacks(
                 mode,
@@ -222,8 +277,15 @@ class EquiCLI(LightningCLI):
         except (MisconfigurationException, TypeError, ValueError) as err:
             raise ModeConfigError(
                 f"--mode {mode}: {err}\n(command-line options: --group, --inputs, --targets, --monitor, "
-                "--monitor_every_n_steps, --seed_aug, --mode_options)"
+                "--monitor_every_n_steps, --seed_aug, --gamma, --penalty, --gamma_schedule, --mode_options)"
             ) from err
+
+
+def _infinite(gamma: Any) -> Any:
+    """``"inf"`` (as YAML and the command line give it) -> ``math.inf``, also inside a per-layer dict."""
+    if isinstance(gamma, dict):
+        return {key: _infinite(value) for key, value in gamma.items()}
+    return math.inf if gamma == "inf" else gamma
 
 
 def main(args: ArgsType = None) -> None:

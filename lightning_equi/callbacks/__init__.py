@@ -4,7 +4,10 @@
 * :class:`EquivariantProjection` -- *equi*: start in E and project every gradient onto E.
 * :class:`EquivarianceMonitor` -- log distances to E and the functional equivariance error.
 * :class:`StabilityMonitor` -- log the augmented Hessian's extreme eigenvalues on E-perp (is E stable?).
-* :func:`build_callbacks` -- the callbacks of a mode chosen by one flag (``"nom"``, ``"aug"``, ``"equi"``).
+* :class:`RelaxedEquivariance` -- *reg*: the penalty ``gamma/2 ||Pi_perp A||^2`` (added gradient or
+  proximal step), alone or with augmentation (*aug+reg*).
+* :func:`build_callbacks` -- the callbacks of a mode chosen by one flag (``"nom"``, ``"aug"``, ``"equi"``,
+  ``"reg"``, ``"aug+reg"``).
 
 Each callback is a few hooks over the functional core (``lightning_equi.actions``, ``subspace``,
 ``metrics``), independent of the others and of their order; none imports another's module.
@@ -20,12 +23,14 @@ from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
 from lightning_equi.callbacks.layout import TAGS
 from lightning_equi.callbacks.modes import MODES, build_callbacks
 from lightning_equi.callbacks.stability_monitor import StabilityMonitor
+from lightning_equi.callbacks.relaxed_equivariance import RelaxedEquivariance
 
 __all__ = [
     "HaarAugmentation",
     "EquivariantProjection",
     "EquivarianceMonitor",
     "StabilityMonitor",
+    "RelaxedEquivariance",
     "build_callbacks",
     "make_action",
     "MODES",

@@ -1,8 +1,10 @@
-"""The training mode as one flag: ``nom``, ``aug`` or ``equi`` -> the list of callbacks.
+"""The training mode as one flag: ``nom``, ``aug``, ``equi``, ``reg`` or ``aug+reg`` -> the list of callbacks.
 
 * ``nom``: plain training (the monitor only, to watch the model drift away from E);
 * ``aug``: :class:`HaarAugmentation` (and the monitor);
-* ``equi``: :class:`EquivariantProjection` (and the monitor).
+* ``equi``: :class:`EquivariantProjection` (and the monitor);
+* ``reg``: :class:`RelaxedEquivariance`, the penalty ``gamma/2 ||Pi_perp A||^2`` (and the monitor);
+* ``aug+reg``: :class:`HaarAugmentation` and :class:`RelaxedEquivariance` (and the monitor).
 
 The monitor comes first, so it reads the probe batch before augmentation and the gradient before
 projection.
@@ -23,6 +25,7 @@ from lightning_equi.callbacks.equivariance_monitor import EquivarianceMonitor
 from lightning_equi.callbacks.equivariant_projection import EquivariantProjection
 from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
 from lightning_equi.callbacks.messages import NO_SPEC_MESSAGE, binds_late, group_or_none
+from lightning_equi.callbacks.relaxed_equivariance import RelaxedEquivariance
 from lightning_equi.groups import Group, get_group
 from lightning_equi.subspace import InferredSpec, ModelProjection, SymmetrySpec, resolve_spec
 
@@ -32,6 +35,8 @@ MODES = {
     "nom": "plain training on the nominal risk",
     "aug": "data augmentation with Haar-distributed group elements (HaarAugmentation)",
     "equi": "weights kept in the equivariant subspace E by projection (EquivariantProjection)",
+    "reg": "weights pulled towards E by the penalty gamma/2 ||Pi_perp A||^2 (RelaxedEquivariance)",
+    "aug+reg": "Haar augmentation and the penalty together (HaarAugmentation, RelaxedEquivariance)",
 }
 
 
@@ -42,6 +47,7 @@ def _options(cls: type) -> set[str]:
 _AUG = _options(HaarAugmentation) - {"group", "inputs", "targets"}
 _EQUI = _options(EquivariantProjection) - {"spec", "group"}
 _MONITOR = _options(EquivarianceMonitor) - {"spec", "inputs", "outputs", "group"}
+_REG = _options(RelaxedEquivariance) - {"spec", "group"}
 
 
 def build_callbacks(
@@ -57,7 +63,7 @@ def build_callbacks(
     """The callbacks that train in ``mode``.
 
     Args:
-        mode: ``"nom"``, ``"aug"`` or ``"equi"``.
+        mode: ``"nom"``, ``"aug"``, ``"equi"``, ``"reg"`` or ``"aug+reg"``.
         group: the group, by name; ``aug`` needs it unless ``spec`` or ``model.symmetry_spec()`` gives it.
         spec: the model's :class:`~lightning_equi.subspace.spec.SymmetrySpec`; ``None`` uses the model's
             ``symmetry_spec()`` method, else, given ``group`` and a single ``inputs`` action, a spec
@@ -74,6 +80,7 @@ def build_callbacks(
             the group when ``group`` and ``spec`` are unset.
         kwargs: options of the callbacks, by name: ``per_sample``, ``copies``, ``orbit``, ``seed``
             (HaarAugmentation), ``reproject_weights``, ``check_atol`` (EquivariantProjection),
+            ``gamma``, ``penalty`` (``"proximal"`` or ``"additive"``), ``log_penalty`` (RelaxedEquivariance),
             ``every_n_steps``, ``probe_batch``, ``log_functional_error``, ``probe_size``, ...
             (EquivarianceMonitor). ``outputs`` sets the monitor's action on the model's outputs: one
             action, or one per entry of a model that returns a tuple, list or dict (``None`` for an
@@ -96,10 +103,18 @@ def build_callbacks(
         valid = "\n".join(f"  {k:<5} {v}" for k, v in MODES.items())
         raise MisconfigurationException(f"unknown mode {mode!r}. Valid modes:\n{valid}")
     outputs = kwargs.pop("outputs", targets if not isinstance(targets, Mapping) else None)
-    unknown = sorted(set(kwargs) - _AUG - _EQUI - _MONITOR)
+    unknown = sorted(set(kwargs) - _AUG - _EQUI - _MONITOR - _REG)
     if unknown:
         raise MisconfigurationException(
-            f"unknown option(s) {unknown} for build_callbacks; valid: {sorted(_AUG | _EQUI | _MONITOR)}"
+            f"unknown option(s) {unknown} for build_callbacks; valid: "
+            f"{sorted(_AUG | _EQUI | _MONITOR | _REG)}"
+        )
+    relaxed = mode in ("reg", "aug+reg")
+    misplaced = sorted(k for k in kwargs if k in _REG and not relaxed)
+    if misplaced:  # a gamma outside a relaxed mode would be silently ignored
+        raise MisconfigurationException(
+            f"option(s) {misplaced} apply to modes 'reg' and 'aug+reg' only (mode={mode!r}); pass "
+            "mode='reg' or 'aug+reg', or drop them"
         )
     group = group_or_none(group)
     if spec is not None and not isinstance(spec, (SymmetrySpec, ModelProjection)):
@@ -127,7 +142,12 @@ def build_callbacks(
         spec = declared = InferredSpec(group, inputs=inputs, outputs=outputs)
         source = "the inferred spec"
     late = isinstance(model, LightningModule) and binds_late(model)  # layers built in its setup()
-    if model is not None and declared is not None and not late and (monitor or mode == "equi"):
+    if (
+        model is not None
+        and declared is not None
+        and not late
+        and (monitor or mode in ("equi", "reg", "aug+reg"))
+    ):
         try:  # bind now, so that a spec error surfaces here rather than at the fit's setup
             resolve_spec(model, declared)
         except (TypeError, ValueError) as err:
@@ -142,19 +162,26 @@ def build_callbacks(
                 spec=spec, inputs=inputs if single else None, outputs=outputs, group=group, **options
             )
         )
-    if mode == "aug":
+    if mode in ("aug", "aug+reg"):
         if inputs is None and targets is None:
             raise MisconfigurationException(
-                "mode='aug' needs the action of the group on the data: pass inputs='image' (or 'points', "
+                f"mode={mode!r} needs the action of the group on the data: pass inputs='image' (or 'points', "
                 "'set', 'graph', an Action, or {batch key: action}) and, for equivariant targets, targets=..."
             )
         if group is None:
             raise MisconfigurationException(
-                "mode='aug' needs the group to sample from: pass group='C4' (or another name), spec=..., or "
-                "model=... with a symmetry_spec() method"
+                f"mode={mode!r} needs the group to sample from: pass group='C4' (or another name), spec=..., "
+                "or model=... with a symmetry_spec() method"
             )
         options = {k: v for k, v in kwargs.items() if k in _AUG}
         callbacks.append(HaarAugmentation(group.name, inputs=inputs, targets=targets, **options))
+    if relaxed:
+        if spec is None and model is not None and not callable(getattr(model, "symmetry_spec", None)):
+            raise MisconfigurationException(
+                NO_SPEC_MESSAGE.format(who=f"mode={mode!r}", name=type(model).__name__)
+            )
+        options = {k: v for k, v in kwargs.items() if k in _REG}
+        callbacks.append(RelaxedEquivariance(spec=spec, group=group, **options))
     elif mode == "equi":
         if spec is None and model is not None and not callable(getattr(model, "symmetry_spec", None)):
             raise MisconfigurationException(

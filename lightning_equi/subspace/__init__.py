@@ -18,7 +18,8 @@ Pure torch: nothing here imports Lightning, and escnn is only ever imported lazi
 * ``batched`` -- :class:`~lightning_equi.subspace.batched.BatchedProjection`: all orbit-mean tensors
   of a model projected together in a fixed number of kernels; ``count_kernels``;
 * ``sharding`` -- DTensor parameters (FSDP2): shard-local projection, the gather fallback, and
-  ``shard_placement_fn`` / ``check_shard_placement`` for ``fully_shard``.
+  ``shard_placement_fn`` / ``check_shard_placement`` for ``fully_shard``;
+* ``penalty`` -- :class:`EquivariancePenalty`: ``gamma/2 ||Pi_perp A||^2``, its gradient and proximal step.
 """
 
 from lightning_equi.subspace.base import Projector, TensorAction, group_average
@@ -41,6 +42,14 @@ from lightning_equi.subspace.inference import InferredSpec, infer_spec
 from lightning_equi.subspace.initialization import equivariant_init_, initialize_in_E_
 from lightning_equi.subspace.lint import GridWarning, grid_warnings, lint_model
 from lightning_equi.subspace.orbit import OrbitMeanProjector, orbit_ids
+from lightning_equi.subspace.penalty import (
+    PENALTY_FORMS,
+    EquivariancePenalty,
+    penalty_gradient,
+    penalty_value,
+    proximal_factor,
+    proximal_update_,
+)
 from lightning_equi.subspace.permutation import SymmetricProjector
 from lightning_equi.subspace.projection import ModelProjection, ProjectedTensor
 from lightning_equi.subspace.select import make_projector
@@ -87,4 +96,10 @@ __all__ = [
     "root_sum_squares",
     "layer_distances",
     "total_distance",
+    "EquivariancePenalty",
+    "PENALTY_FORMS",
+    "penalty_value",
+    "penalty_gradient",
+    "proximal_factor",
+    "proximal_update_",
 ]
