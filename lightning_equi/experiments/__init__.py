@@ -10,5 +10,7 @@
   (``TrajectoryRecorder``, ``ProgressLines``, ``use_progress_bar``);
 - :mod:`~lightning_equi.experiments.runner`: one run, its evaluation, the comparison over modes and seeds,
   and the ``lightning-equi-compare`` console script;
-- :mod:`~lightning_equi.experiments.figure`: the paper-style figure and the summary table.
+- :mod:`~lightning_equi.experiments.figure`: the paper-style figure and the summary table;
+- :mod:`~lightning_equi.experiments.eq_aug_reg`: the penalty modes reg and aug+reg in the eq_aug_reg setting
+  (attractor, explicit-SGD divergence, accuracy against exactness).
 """
