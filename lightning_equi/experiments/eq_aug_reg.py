@@ -274,6 +274,12 @@ def _tail_mean(values: Sequence[float], share: float = 0.2) -> float:
     return statistics.fmean(tail)
 
 
+def _save(fig, title: str, path: Path) -> None:
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def _write(out: Path, name: str, payload: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
@@ -405,13 +411,8 @@ def _plot_attractor(payload: dict, path: Path) -> None:
     right.set_ylabel("final distance to E (median)")
     right.legend(fontsize=8)
     s = payload["settings"]
-    fig.suptitle(
-        f"eq_aug_reg: C4 CNN, digits 16x16, SGD lr 1e-3, batch 10, {s['steps']} steps, {s['seeds']} seeds, "
-        f"{s['penalty']} penalty",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    title = "eq_aug_reg: C4 CNN, digits 16x16, SGD lr 1e-3, batch 10"
+    _save(fig, f"{title}, {s['steps']} steps, {s['seeds']} seeds, {s['penalty']} penalty", path)
 
 
 # ---- study 2: explicit SGD against the proximal step -----------------------------------------------------
@@ -572,13 +573,8 @@ def _plot_accuracy(payload: dict, path: Path) -> None:
         ax.set_ylabel(f"{label} (median over seeds)")
         ax.legend(fontsize=7)
     s = payload["settings"]
-    fig.suptitle(
-        f"digits 16x16 with rotation bias {s['rotation_bias']}, {s['optimizer']}, {s['steps']} steps, "
-        f"{s['seeds']} seeds",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    title = f"digits 16x16 with rotation bias {s['rotation_bias']}, {s['optimizer']}"
+    _save(fig, f"{title}, {s['steps']} steps, {s['seeds']} seeds", path)
 
 
 # ---- command line ----------------------------------------------------------------------------------------

@@ -67,6 +67,15 @@ Gamma = Union[float, Callable[[int], float]]  # noqa: UP007 (a runtime alias: Py
 GammaConfig = Union[Gamma, Mapping[str, Gamma]]  # noqa: UP007
 
 
+def _squared_norm(t: Tensor) -> Tensor:
+    """``||t||^2`` as a float64 scalar: one pass, no temporary (accumulated in ``t``'s dtype, at least
+    float32: the logged value, not a quantity anything is differentiated or compared through)."""
+    flat = t.reshape(-1)
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    return torch.dot(flat, flat).double()
+
+
 def penalty_value(w: Tensor, projector: Projector, gamma: float) -> Tensor:
     """``gamma / 2 ||w - Pi_E w||^2`` as a float64 scalar (detached).
 
@@ -78,8 +87,7 @@ def penalty_value(w: Tensor, projector: Projector, gamma: float) -> Tensor:
         tensor(4., dtype=torch.float64)
     """
     with torch.no_grad():
-        perp = w - projector.project(w)
-        return 0.5 * gamma * perp.pow(2).sum(dtype=torch.float64)
+        return 0.5 * gamma * _squared_norm(w - projector.project(w))
 
 
 def penalty_gradient(w: Tensor, projector: Projector, gamma: float) -> Tensor:
@@ -132,7 +140,7 @@ def proximal_update_(w: Tensor, projector: Projector, gamma: float, lr: float) -
         w.copy_(torch.add(inside, perp, alpha=factor))
         if math.isinf(gamma):
             return torch.zeros((), dtype=torch.float64, device=w.device)
-        return 0.5 * gamma * factor * factor * perp.pow(2).sum(dtype=torch.float64)
+        return 0.5 * gamma * factor * factor * _squared_norm(perp)
 
 
 class EquivariancePenalty:
@@ -277,7 +285,7 @@ class EquivariancePenalty:
                 if not gamma or not w.requires_grad:
                     continue
                 perp = w - e.projector.project(w)
-                out[e.name] = 0.5 * gamma * perp.pow(2).sum(dtype=torch.float64)
+                out[e.name] = 0.5 * gamma * _squared_norm(perp)
                 if w.grad is None:
                     w.grad = perp.mul_(gamma * scale)
                 else:
