@@ -415,3 +415,14 @@ def test_ddp_two_processes_keep_the_ranks_equal(tmp_path, mode, penalty, optimiz
     assert len(s0) == 8 and all(torch.equal(s0[k], s1[k]) for k in s0)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     assert r0["rel_dist"] < 0.5 * r0["start"]  # the penalty pulled the model towards E
+
+
+def test_reg_infers_the_spec_of_a_model_without_one(tmp_path):
+    """Zero lines (#14): build_callbacks infers the spec for reg as for equi."""
+    from lightning_equi.testing import PlainCNNModel
+
+    torch.manual_seed(0)
+    model = PlainCNNModel()
+    callbacks = build_callbacks("reg", group="C4", inputs="image", monitor=False, gamma=math.inf)
+    _fit(tmp_path, model, callbacks, max_steps=3)
+    assert resolve_spec(model, group="C4", inputs="image").within_rounding()
