@@ -22,8 +22,8 @@ from lightning_equi.callbacks.equivariant_projection import EquivariantProjectio
 from lightning_equi.callbacks.haar_augmentation import HaarAugmentation
 from lightning_equi.callbacks.layout import TAGS
 from lightning_equi.callbacks.modes import MODES, build_callbacks
-from lightning_equi.callbacks.stability_monitor import StabilityMonitor
 from lightning_equi.callbacks.relaxed_equivariance import RelaxedEquivariance
+from lightning_equi.callbacks.stability_monitor import StabilityMonitor
 
 __all__ = [
     "HaarAugmentation",
