@@ -63,7 +63,6 @@ _NO_EXAMPLE = {
     "lightning_equi.demo",
     "lightning_equi.experiments",
     "lightning_equi.experiments.figure",
-    "lightning_equi.experiments.models",
     "lightning_equi.experiments.runner",
     "lightning_equi.groups",
     "lightning_equi.subspace",

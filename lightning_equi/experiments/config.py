@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from lightning_equi.experiments.models import TASKS
+from lightning_equi.experiments.models import OPTIMIZERS, TASKS, VARIANTS
+from lightning_equi.experiments.samplers import SAMPLERS
 
 __all__ = [
     "MODES",
@@ -36,6 +37,9 @@ PROTOCOLS = ("full", "minibatch")
 #: every key a config may set, with its default
 DEFAULTS: dict[str, Any] = {
     "task": None,  # perm | trans | rot
+    "variant": "paper",  # paper: the paper's v1 networks and data; project: this project's (models.py)
+    "sampler": "haar",  # aug's draws: haar (per sample), batch (uniform per batch), paper (samplers.py)
+    "optimizer": "sgd",  # sgd (the paper's) | momentum (0.9) | adam
     "name": None,  # output folder under out_dir (default: the task)
     "out_dir": "runs",
     "modes": list(MODES),
@@ -64,7 +68,8 @@ def _configs_folder() -> Path:
 
 
 def builtin_config(name: str) -> Path:
-    """The path of a built-in config (``perm``, ``trans``, ``rot``).
+    """The path of a built-in config (``perm``, ``trans``, ``rot``: the paper's networks; ``*_project``: this
+    project's variants).
 
     Raises:
         FileNotFoundError: for a name that is not built in.
@@ -84,7 +89,7 @@ def builtin_names() -> list[str]:
 
     Example:
         >>> sorted(builtin_names())
-        ['perm', 'rot', 'trans']
+        ['perm', 'perm_project', 'rot', 'rot_project', 'trans', 'trans_project']
     """
     return [p.stem for p in _configs_folder().glob("*.yaml")]
 
@@ -136,7 +141,7 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
     ``overrides`` (so ``--epochs`` on the command line wins over both).
 
     Raises:
-        ValueError: for an unknown key, task, mode or protocol.
+        ValueError: for an unknown key, task, mode, protocol, variant, sampler or optimizer.
 
     Example:
         >>> config = load_config("rot", {"protocol": "minibatch", "seeds": 2})
@@ -163,6 +168,9 @@ def load_config(source: str | Path | dict, overrides: dict | None = None) -> dic
         raise ValueError(f"progress_bar must be true, false or 'auto', got {config['progress_bar']!r}")
     if config["task"] not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {config['task']!r}")
+    for key, valid in (("variant", VARIANTS), ("sampler", SAMPLERS), ("optimizer", OPTIMIZERS)):
+        if config[key] not in valid:
+            raise ValueError(f"{key} must be one of {valid}, got {config[key]!r}")
     bad = [m for m in config["modes"] if m not in MODES]
     if bad:
         raise ValueError(f"modes must be among {MODES}, got {bad}")

@@ -3,9 +3,12 @@
 - :func:`two_block_graphs` -- *Perm*: adjacency matrices of two-block random graphs, label connected or not;
 - :func:`digits` and :func:`load_mnist` -- *Trans*: digits on a torus (scikit-learn's 8 x 8 digits, shipped
   with scikit-learn, or MNIST idx files the user has locally, resized);
-- :func:`shapes` -- *Rot*: triangles and pentagons at a fixed orientation with one mask per shape.
+- :func:`shapes` -- *Rot*: triangles and pentagons at a fixed orientation with one mask per shape;
+- :func:`paper_shapes` -- *Rot* as the paper's code drew it (its canvas, shape sizes, grey levels and masks).
 
-Every function returns float32 tensors ``(inputs, targets)``; :func:`build_dataset` picks one by task name.
+Every function returns float32 tensors ``(inputs, targets)``; :func:`build_dataset` picks one by task name
+and variant (``paper``: the distributions of the paper's v1 code, drawn by our own code; ``project``: ours).
+The paper's Perm graphs are :func:`two_block_graphs` with its defaults (the same stochastic block model).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = [
     "load_mnist",
     "shapes",
     "polygon",
+    "paper_shapes",
+    "PAPER_CANVAS",
     "build_dataset",
 ]
 
@@ -75,18 +80,31 @@ def two_block_graphs(
     return adjacency, is_connected(adjacency).float()
 
 
-def digits(limit: int | None = None) -> tuple[Tensor, Tensor]:
+def digits(limit: int | None = None, size: int = 8) -> tuple[Tensor, Tensor]:
     """scikit-learn's 8 x 8 handwritten digits (shipped with scikit-learn), in [0, 1].
 
+    Args:
+        limit: keep the first ``limit`` images.
+        size: side of the returned images; other than 8, bilinear resampling (``size=14`` stands in for the
+            paper's 14 x 14 MNIST when its files are absent).
+
     Returns:
-        images ``(N, 1, 8, 8)`` and labels ``(N,)`` (long), ``N = 1797`` or ``limit``.
+        images ``(N, 1, size, size)`` and labels ``(N,)`` (long), ``N = 1797`` or ``limit``.
+
+    Example:
+        >>> x, y = digits(5, size=14)
+        >>> x.shape, float(x.min()) >= 0, float(x.max()) <= 1
+        (torch.Size([5, 1, 14, 14]), True, True)
     """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0
     labels = torch.as_tensor(bunch.target, dtype=torch.long)
-    return images[:limit], labels[:limit]
+    images, labels = images[:limit], labels[:limit]
+    if size != 8:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return images, labels
 
 
 _IDX_DTYPES = {
@@ -217,15 +235,141 @@ def shapes(
     return cover.float()[:, None], masks
 
 
-def build_dataset(task: str, **options) -> TensorDataset:
-    """The data set of a task: ``"perm"`` (:func:`two_block_graphs`), ``"trans"`` (:func:`digits`, or
-    :func:`load_mnist` when ``mnist_root`` is given) or ``"rot"`` (:func:`shapes`); ``options`` go to that
-    function."""
+#: the paper's drawing canvas: a 640 x 480 matplotlib figure, ``set_aspect("equal")``, ``axis("off")``,
+#: ``tight_layout()``: the data square [-1, 1]^2 fills this box of the figure (fractions from the left and
+#: from the top; measured with matplotlib 3), and the whole figure is resized to the image
+PAPER_CANVAS = {
+    "width": 640,
+    "height": 480,
+    "left": 0.1484375,
+    "right": 0.8515625,
+    "top": 0.03125,
+    "bottom": 0.96875,
+}
+#: grey level of the paper's shapes: the RGB mean of matplotlib's default fill colour C0 (#1f77b4)
+_C0_GREY = (0x1F + 0x77 + 0xB4) / 3 / 255
+
+
+def _blur_and_sample(cover: Tensor, out: tuple[int, int]) -> Tensor:
+    """skimage's ``resize(..., anti_aliasing=True)`` of a ``(B, H, W)`` canvas to ``out``: a Gaussian of
+    sigma ``(scale - 1) / 2`` per axis, then bilinear samples at the output pixels' centres."""
+    b, h, w = cover.shape
+    x = cover[:, None].float()
+    for axis, (n_in, n_out) in enumerate(((h, out[0]), (w, out[1]))):
+        sigma = max(0.0, (n_in / n_out - 1) / 2)
+        if sigma == 0:
+            continue
+        radius = int(math.ceil(4 * sigma))
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        kernel = (
+            (kernel / kernel.sum()).reshape(1, 1, -1, 1)
+            if axis == 0
+            else (kernel / kernel.sum()).reshape(1, 1, 1, -1)
+        )
+        pad = (0, 0, radius, radius) if axis == 0 else (radius, radius, 0, 0)
+        x = F.conv2d(F.pad(x, pad, mode="reflect"), kernel)
+    return F.interpolate(x, size=out, mode="bilinear", align_corners=False)[:, 0]
+
+
+def paper_shapes(
+    n_images: int = 3000, size: int = 14, oversample: int = 8, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """*Rot*'s data as the paper's code drew it (``SimpleShapes.generate_dataset`` at v1), by our own code.
+
+    Each image holds one filled polygon, a triangle or (fair coin) a pentagon with vertices
+    ``r (cos 2 pi k / c, sin 2 pi k / c) + v`` (a vertex at angle 0: pointing right, never rotated),
+    ``r = 0.7 + 0.1 U``, ``v = 1/2 - (U_1, U_2)``, on the paper's canvas (:data:`PAPER_CANVAS`: the data
+    square is drawn in the middle of a 4:3 figure, so shapes are squeezed horizontally once the figure is
+    resized to ``size x size``). The image is the RGB mean: background 1, shape ``0.431``, anti-aliased by
+    the paper's resize (Gaussian, then bilinear). Each mask is its canvas resized the same way, min-max
+    normalised, inverted and thresholded at 1/2; the mask of the *absent* shape is **all ones** (a blank
+    canvas has min = max, which the paper's code maps to 1), as in the paper's data.
+
+    Args:
+        n_images: number of images (paper: 3000).
+        size: side of the images (paper: 14).
+        oversample: the canvas is drawn at ``1 / oversample`` of the figure's 640 x 480 pixels.
+        seed: seed of the draws.
+
+    Returns:
+        images ``(N, 1, size, size)`` in [0.43, 1] and masks ``(N, 2, size, size)`` (channel 0 triangle,
+        1 pentagon).
+
+    Example:
+        >>> x, m = paper_shapes(4, seed=0)
+        >>> x.shape, m.shape, bool((m.flatten(1).amin(1) == 0).all())  # every image has one shape
+        (torch.Size([4, 1, 14, 14]), torch.Size([4, 2, 14, 14]), True)
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    is_triangle = torch.rand(n_images, generator=gen) > 0.5  # the paper: rand() > .5 -> triangle
+    r = 0.7 + 0.1 * torch.rand(n_images, generator=gen, dtype=torch.float64)
+    v = 0.5 - torch.rand(n_images, 2, generator=gen, dtype=torch.float64)
+    c = PAPER_CANVAS
+    w, h = c["width"] // oversample, c["height"] // oversample
+    # canvas pixel centres in data coordinates (y up; row 0 is the top of the figure)
+    px = (torch.arange(w, dtype=torch.float64) + 0.5) / w
+    py = (torch.arange(h, dtype=torch.float64) + 0.5) / h
+    xs = -1 + 2 * (px - c["left"]) / (c["right"] - c["left"])
+    ys = 1 - 2 * (py - c["top"]) / (c["bottom"] - c["top"])
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+    cover = torch.zeros(n_images, h * w, dtype=torch.float64)
+    for corners, which in ((3, is_triangle), (5, ~is_triangle)):
+        angles = 2 * math.pi * torch.arange(corners, dtype=torch.float64) / corners
+        unit = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
+        verts = r[which, None, None] * unit[None] + v[which, None, :]
+        inside = torch.ones(int(which.sum()), h * w, dtype=torch.bool)
+        for k in range(corners):  # counter-clockwise convex polygon: left of every edge
+            a, b = verts[:, k, None, :], verts[:, (k + 1) % corners, None, :]
+            cross = (b[..., 0] - a[..., 0]) * (points[None, :, 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (
+                points[None, :, 0] - a[..., 0]
+            )
+            inside &= cross >= 0
+        cover[which] = inside.double()
+    # the drawn canvas has grey 1 - (1 - C0) * coverage; resizing is linear, so resize the coverage
+    small = _blur_and_sample(cover.reshape(n_images, h, w), (size, size)).clamp(0, 1)
+    images = 1 - (1 - _C0_GREY) * small
+    # a mask's canvas after min-max normalisation and inversion is coverage / max coverage
+    peak = small.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    present = (small / peak > 0.5).float()
+    ones = torch.ones_like(present)
+    masks = torch.stack(
+        [
+            torch.where(is_triangle[:, None, None], present, ones),
+            torch.where(is_triangle[:, None, None], ones, present),
+        ],
+        dim=1,
+    )
+    return images.float()[:, None], masks.float()
+
+
+def build_dataset(task: str, variant: str = "paper", **options) -> TensorDataset:
+    """The data set of a task in a variant; ``options`` go to the generator.
+
+    - ``"perm"``: :func:`two_block_graphs` (both variants: the paper's stochastic block model);
+    - ``"trans"``: :func:`load_mnist` when ``mnist_root`` is given, else :func:`digits` (``paper``: resized
+      to ``size``, default 14, as the paper's 14 x 14 MNIST; ``project``: 8 x 8);
+    - ``"rot"``: :func:`paper_shapes` (``paper``) or :func:`shapes` (``project``).
+
+    Raises:
+        ValueError: for an unknown task or variant.
+
+    Example:
+        >>> len(build_dataset("rot", n_images=3)), build_dataset("trans", limit=2)[0][0].shape
+        (3, torch.Size([1, 14, 14]))
+    """
+    if variant not in ("paper", "project"):
+        raise ValueError(f"unknown variant {variant!r}; choose 'paper' or 'project'")
     if task == "perm":
         return TensorDataset(*two_block_graphs(**options))
     if task == "trans":
         root = options.pop("mnist_root", None)
-        return TensorDataset(*(load_mnist(root, **options) if root else digits(**options)))
+        if root:
+            return TensorDataset(*load_mnist(root, **options))
+        if variant == "paper":
+            options.setdefault("size", 14)
+        return TensorDataset(*digits(**options))
     if task == "rot":
-        return TensorDataset(*shapes(**options))
+        return TensorDataset(*(paper_shapes(**options) if variant == "paper" else shapes(**options)))
     raise ValueError(f"unknown task {task!r}; choose one of 'perm', 'trans', 'rot'")

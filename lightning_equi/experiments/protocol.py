@@ -9,6 +9,9 @@ Protocols (``protocol:`` in the config):
   statistics would then span the copies: there they are passes over the repeated data set;
 - ``minibatch``: shuffled batches of ``batch_size``, one SGD step per batch; aug transforms
   ``aug_passes`` copies of each batch.
+
+With ``sampler: batch`` or ``paper`` (:mod:`~lightning_equi.experiments.samplers`) aug draws one element per
+batch, so the full protocol's passes are passes over the repeated data set, as in the paper's code.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from lightning_equi.callbacks import build_callbacks
+from lightning_equi.callbacks import HaarAugmentation, build_callbacks
 from lightning_equi.experiments.models import SymmetricTask
+from lightning_equi.experiments.samplers import BatchDrawAugmentation, paper_weights
 
 __all__ = ["batch_coupled", "train_loader", "mode_callbacks"]
 
@@ -51,9 +55,12 @@ def _passes_as_data(config: dict, mode: str, model: torch.nn.Module) -> int:
     The ``aug_passes`` augmented passes of one step are made as copies within each batch (HaarAugmentation
     ``copies``, one Haar draw per sample and copy): the same mean over passes x samples, in ``aug_passes``
     times fewer, larger batches. A model with BatchNorm would then normalise over the copies of a batch rather
-    than over one pass, which is another computation: there the passes are repeated data set passes.
+    than over one pass, which is another computation: there the passes are repeated data set passes; so
+    they are with the per-batch samplers (one element per batch of a pass, as the paper's code draws).
     """
-    if config["protocol"] != "full" or mode != "aug" or config["orbit"] or not batch_coupled(model):
+    if config["protocol"] != "full" or mode != "aug" or config["orbit"]:
+        return 1
+    if not batch_coupled(model) and config["sampler"] == "haar":
         return 1
     return int(config["aug_passes"])
 
@@ -101,6 +108,21 @@ def mode_callbacks(config: dict, mode: str, model: SymmetricTask, seed: int) -> 
         # the paper's protocol: A0 = Pi_E A (the runner projects it beforehand; the callback keeps it)
         # and the moving averages of any running statistics, as the paper evaluated them
         options.update(init="project", recalibrate_bn=0)
-    return build_callbacks(
+    callbacks = build_callbacks(
         mode, spec=model.symmetry_spec(), inputs=inputs, targets=targets, monitor=True, model=model, **options
     )
+    if mode == "aug" and not config["orbit"]:
+        callbacks = [
+            _sampler(config, cb, seed) if isinstance(cb, HaarAugmentation) else cb for cb in callbacks
+        ]
+    return callbacks
+
+
+def _sampler(config: dict, haar: HaarAugmentation, seed: int) -> Callback:
+    """The config's sampler in place of the per-sample Haar augmentation (``haar`` keeps it)."""
+    if config["sampler"] == "haar":
+        return haar
+    weights = paper_weights(haar.group) if config["sampler"] == "paper" else None
+    if config["sampler"] == "paper" and weights is None:  # the paper's Perm: uniform per sample
+        return haar
+    return BatchDrawAugmentation(haar.group.name, haar.inputs, haar.targets, weights=weights, seed=seed)

@@ -43,7 +43,7 @@ from lightning_equi.experiments.figure import (
     summary_table,
     write_table,
 )
-from lightning_equi.experiments.models import TASKS, SymmetricTask
+from lightning_equi.experiments.models import SymmetricTask, network_class
 from lightning_equi.experiments.protocol import mode_callbacks, train_loader
 from lightning_equi.experiments.recording import ProgressLines, TrajectoryRecorder, use_progress_bar
 from lightning_equi.metrics import model_equivariance_error
@@ -107,7 +107,13 @@ def train_run(
     logger = TensorBoardLogger(
         save_dir=str(run_dir.parent), name="", version=run_dir.name, default_hp_metric=False
     )
-    logger.log_hyperparams({"mode": mode, "seed": seed, "protocol": config["protocol"], "lr": config["lr"]})
+    logger.log_hyperparams(
+        {
+            "mode": mode,
+            "seed": seed,
+            **{k: config[k] for k in ("protocol", "lr", "variant", "sampler", "optimizer")},
+        }
+    )
     trainer = Trainer(
         max_epochs=int(config["epochs"]),
         accelerator=config["accelerator"],
@@ -141,8 +147,10 @@ def train_run(
 
 
 def build_model(config: dict) -> SymmetricTask:
-    """The task's LightningModule with the config's ``model:`` arguments and ``lr``."""
-    return TASKS[config["task"]](**config["model"], lr=float(config["lr"]))
+    """The task's LightningModule in the config's ``variant``, with its ``model:`` arguments, ``lr`` and
+    ``optimizer``."""
+    cls = network_class(config["task"], config["variant"])
+    return cls(**config["model"], lr=float(config["lr"]), optimizer=config["optimizer"])
 
 
 def initial_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
@@ -192,7 +200,7 @@ def run_comparison(config: dict, echo=print) -> dict:
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if config["threads"]:
         torch.set_num_threads(int(config["threads"]))
-    dataset = build_dataset(config["task"], **copy.deepcopy(config["data"]))
+    dataset = build_dataset(config["task"], config["variant"], **copy.deepcopy(config["data"]))
     total, done, failed = len(config["seeds"]) * len(config["modes"]), 0, []
     for seed in config["seeds"]:
         start = None
