@@ -62,8 +62,9 @@ def test_paper_networks_output_probabilities_and_use_the_paper_losses():
     perm = PaperPermNet(channels=3, pooled=6, head=4)
     a, y = two_block_graphs(16, seed=1)
     p = perm(a)
-    assert bool(((p > 0) & (p < 1)).all())
-    expected = -(y * p.log() + (1 - y) * (1 - p).log()).mean()  # BCELoss by hand
+    assert bool(((p >= 0) & (p <= 1)).all())  # the paper's large head init saturates some samples
+    log = lambda t: t.log().clamp_min(-100)  # noqa: E731  BCELoss clamps its logs at -100
+    expected = -(y * log(p) + (1 - y) * log(1 - p)).mean()  # BCELoss by hand
     torch.testing.assert_close(perm.loss(p, y), expected)
 
     trans = PaperTransNet(size=6, channels=2, pooled=4)
@@ -77,7 +78,7 @@ def test_paper_networks_output_probabilities_and_use_the_paper_losses():
     images, masks = paper_shapes(8, size=6, seed=0)
     out = rot(images)
     by_hand = sum(
-        -(masks[:, k] * out[:, k].log() + (1 - masks[:, k]) * (1 - out[:, k]).log()).mean() for k in range(2)
+        -(masks[:, k] * log(out[:, k]) + (1 - masks[:, k]) * log(1 - out[:, k])).mean() for k in range(2)
     )
     torch.testing.assert_close(rot.loss(out, masks), by_hand)
 

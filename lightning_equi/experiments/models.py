@@ -72,6 +72,9 @@ class SymmetricTask(L.LightningModule):
         self.lr = float(lr)
         self.optimizer_name = optimizer
 
+    def reset_parameters(self) -> None:
+        """The initialisation; PyTorch's layer defaults here, the paper's in the ``Paper*`` networks."""
+
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -142,8 +145,13 @@ class PermNet(SymmetricTask):
         p = nodes * nodes
         self.equivariant = _dense(p, channels * p)
         self.invariant = _dense(channels * p, pooled)
-        self.norm = nn.LayerNorm(pooled, elementwise_affine=False)
-        self.head = nn.Sequential(nn.Linear(pooled, head), nn.LeakyReLU(), nn.Linear(head, 1))
+        self.norm, self.head = self._head(pooled, head)
+        self.reset_parameters()
+
+    def _head(self, pooled: int, head: int) -> tuple[nn.Module, nn.Module]:
+        """The norm after the invariant layer and the head after it."""
+        head_layers = nn.Sequential(nn.Linear(pooled, head), nn.LeakyReLU(), nn.Linear(head, 1))
+        return nn.LayerNorm(pooled, elementwise_affine=False), head_layers
 
     def forward(self, adjacency: Tensor) -> Tensor:
         x = F.leaky_relu(self.equivariant((adjacency - 0.5).flatten(1)))
@@ -161,7 +169,7 @@ class PermNet(SymmetricTask):
             SymmetrySpec(self.group)
             .layer(self.equivariant, "pairs", "pairs")
             .layer(self.invariant, "pairs", "trivial")
-            .free(self.head)
+            .free(self.norm, self.head)
         )
 
     def data_actions(self) -> list[Action | None]:
@@ -199,8 +207,12 @@ class TransNet(SymmetricTask):
         self.equivariant1 = _dense(p, channels * p)
         self.equivariant2 = _dense(channels * p, channels * p)
         self.invariant = _dense(channels * p, pooled)
-        self.norm = nn.LayerNorm(pooled, elementwise_affine=False)
-        self.head = nn.Linear(pooled, classes)
+        self.norm, self.head = self._head(pooled, classes)
+        self.reset_parameters()
+
+    def _head(self, pooled: int, classes: int) -> tuple[nn.Module, nn.Module]:
+        """The norm after the invariant layer and the head after it."""
+        return nn.LayerNorm(pooled, elementwise_affine=False), nn.Linear(pooled, classes)
 
     def forward(self, images: Tensor) -> Tensor:
         x = F.leaky_relu(self.equivariant1((images - 0.5).flatten(1)))
@@ -219,7 +231,7 @@ class TransNet(SymmetricTask):
             .layer(self.equivariant1, "regular", "regular")
             .layer(self.equivariant2, "regular", "regular")
             .layer(self.invariant, "regular", "trivial")
-            .free(self.head)
+            .free(self.norm, self.head)
         )
 
     def data_actions(self) -> list[Action | None]:
@@ -256,6 +268,7 @@ class RotNet(SymmetricTask):
             _dense(a * p, b * p) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.norm = nn.BatchNorm1d(2)
+        self.reset_parameters()
 
     def forward(self, images: Tensor) -> Tensor:
         x = (images - 0.5).flatten(1)
@@ -300,7 +313,7 @@ def _invariant_init_(layer: nn.Linear, channels: int, points: int, std: float) -
         layer.weight.copy_(per_channel.expand(-1, -1, points).reshape(layer.out_features, channels * points))
 
 
-class PaperPermNet(SymmetricTask):
+class PaperPermNet(PermNet):
     """*Perm* with the paper's v1 network (``PermutationAdjNet(ns=[1, 32], n=10, ms=[64, 32])``).
 
     ``A - 1/2`` (flattened ``n x n``) -> dense S_n-equivariant layer to ``channels`` edge maps ->
@@ -325,32 +338,19 @@ class PaperPermNet(SymmetricTask):
         (torch.Size([3]), 'BatchNorm1d', None)
     """
 
-    def __init__(
-        self,
-        nodes: int = 10,
-        channels: int = 32,
-        pooled: int = 64,
-        head: int = 32,
-        lr: float = 1e-5,
-        optimizer: str = "sgd",
-    ):
-        super().__init__(lr, optimizer)
-        self.save_hyperparameters()
-        self.group = f"S{nodes}"
-        p = nodes * nodes
-        self.equivariant = _dense(p, channels * p)
-        self.invariant = _dense(channels * p, pooled)
-        self.norm = nn.BatchNorm1d(pooled)
-        self.head = nn.Sequential(_dense(pooled, head), nn.LeakyReLU(), _dense(head, 1))
-        _gaussian_(self.equivariant.weight, 1.0 / (nodes * math.sqrt(channels)))
-        _invariant_init_(self.invariant, channels, p, 1.0 / math.sqrt(pooled))
-        _gaussian_(self.head[0].weight, nodes / pooled)
-        _gaussian_(self.head[2].weight, nodes / head)
+    def _head(self, pooled: int, head: int) -> tuple[nn.Module, nn.Module]:
+        return nn.BatchNorm1d(pooled), nn.Sequential(_dense(pooled, head), nn.LeakyReLU(), _dense(head, 1))
+
+    def reset_parameters(self) -> None:
+        h = self.hparams
+        n, channels, pooled = h["nodes"], h["channels"], h["pooled"]
+        _gaussian_(self.equivariant.weight, 1.0 / (n * math.sqrt(channels)))
+        _invariant_init_(self.invariant, channels, n * n, 1.0 / math.sqrt(pooled))
+        _gaussian_(self.head[0].weight, n / pooled)
+        _gaussian_(self.head[2].weight, n / h["head"])
 
     def forward(self, adjacency: Tensor) -> Tensor:
-        x = F.leaky_relu(self.equivariant((adjacency - 0.5).flatten(1)))
-        x = self.norm(F.leaky_relu(self.invariant(x)))
-        return torch.sigmoid(self.head(x)).squeeze(-1)
+        return torch.sigmoid(super().forward(adjacency))
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.binary_cross_entropy(outputs, targets.float())
@@ -358,19 +358,8 @@ class PaperPermNet(SymmetricTask):
     def score(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return ((outputs > 0.5).float() == targets).float().mean()
 
-    def symmetry_spec(self) -> SymmetrySpec:
-        return (
-            SymmetrySpec(self.group)
-            .layer(self.equivariant, "pairs", "pairs")
-            .layer(self.invariant, "pairs", "trivial")
-            .free(self.norm, self.head)
-        )
 
-    def data_actions(self) -> list[Action | None]:
-        return [GraphAction(self.group), None]
-
-
-class PaperTransNet(SymmetricTask):
+class PaperTransNet(TransNet):
     """*Trans* with the paper's v1 network (``TranslationNet(ns=[1, 32, 32], n=14, ms=[32])``).
 
     ``x - 1/2`` (flattened) -> two dense translation-equivariant layers ``1 -> channels -> channels`` with
@@ -394,54 +383,25 @@ class PaperTransNet(SymmetricTask):
         (torch.Size([5, 10]), True)
     """
 
-    def __init__(
-        self,
-        size: int = 14,
-        channels: int = 32,
-        pooled: int = 32,
-        classes: int = 10,
-        lr: float = 1e-5,
-        optimizer: str = "sgd",
-    ):
-        super().__init__(lr, optimizer)
-        self.save_hyperparameters()
-        self.group = f"T{size}x{size}"
-        p = size * size
-        self.equivariant1 = _dense(p, channels * p)
-        self.equivariant2 = _dense(channels * p, channels * p)
-        self.invariant = _dense(channels * p, pooled)
-        self.norm = nn.BatchNorm1d(pooled)
-        self.head = _dense(pooled, classes)
+    def _head(self, pooled: int, classes: int) -> tuple[nn.Module, nn.Module]:
+        return nn.BatchNorm1d(pooled), _dense(pooled, classes)
+
+    def reset_parameters(self) -> None:
+        h = self.hparams
+        size, channels, pooled = h["size"], h["channels"], h["pooled"]
         _gaussian_(self.equivariant1.weight, 1.0 / size)
         _gaussian_(self.equivariant2.weight, 1.0 / (size * math.sqrt(channels)))
-        _invariant_init_(self.invariant, channels, p, 1.0 / math.sqrt(pooled))
+        _invariant_init_(self.invariant, channels, size * size, 1.0 / math.sqrt(pooled))
         _gaussian_(self.head.weight, size / pooled)
 
     def forward(self, images: Tensor) -> Tensor:
-        x = F.leaky_relu(self.equivariant1((images - 0.5).flatten(1)))
-        x = F.leaky_relu(self.equivariant2(x))
-        return torch.softmax(self.head(self.norm(torch.tanh(self.invariant(x)))), dim=-1)
+        return torch.softmax(super().forward(images), dim=-1)
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets)  # on probabilities: the paper's double softmax
 
-    def score(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return (outputs.argmax(-1) == targets).float().mean()
 
-    def symmetry_spec(self) -> SymmetrySpec:
-        return (
-            SymmetrySpec(self.group)
-            .layer(self.equivariant1, "regular", "regular")
-            .layer(self.equivariant2, "regular", "regular")
-            .layer(self.invariant, "regular", "trivial")
-            .free(self.norm, self.head)
-        )
-
-    def data_actions(self) -> list[Action | None]:
-        return [ImageAction(self.group), None]
-
-
-class PaperRotNet(SymmetricTask):
+class PaperRotNet(RotNet):
     """*Rot* with the paper's v1 network (``RotationNet(ns=[1, 32, 32, 16, 2], n=14)``).
 
     ``x - 1/2`` (flattened) -> dense C4-equivariant layers ``1 -> c_1 -> ... -> 2`` channels on the pixel
@@ -459,32 +419,13 @@ class PaperRotNet(SymmetricTask):
         torch.Size([3, 2, 6, 6])
     """
 
-    def __init__(
-        self,
-        size: int = 14,
-        channels: tuple[int, ...] = (32, 32, 16),
-        lr: float = 1e-5,
-        optimizer: str = "sgd",
-    ):
-        super().__init__(lr, optimizer)
-        self.save_hyperparameters()
-        self.group = "C4"
-        self.size = size
-        widths = [1, *channels, 2]
-        p = size * size
-        self.layers = nn.ModuleList(
-            _dense(a * p, b * p) for a, b in zip(widths[:-1], widths[1:], strict=True)
-        )
-        for layer, c_in in zip(self.layers, widths[:-1], strict=True):
+    def reset_parameters(self) -> None:
+        size, channels = self.hparams["size"], self.hparams["channels"]
+        for layer, c_in in zip(self.layers, [1, *channels], strict=True):
             _gaussian_(layer.weight, 1.0 / (size * math.sqrt(c_in)))
-        self.norm = nn.BatchNorm1d(2)
 
     def forward(self, images: Tensor) -> Tensor:
-        x = (images - 0.5).flatten(1)
-        for layer in self.layers:
-            x = F.leaky_relu(layer(x))
-        x = self.norm(x.reshape(x.shape[0], 2, -1))
-        return torch.sigmoid(x).reshape(x.shape[0], 2, self.size, self.size)
+        return torch.sigmoid(super().forward(images))
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         per_mask = F.binary_cross_entropy(outputs, targets, reduction="none").mean(dim=(0, 2, 3))
@@ -493,16 +434,6 @@ class PaperRotNet(SymmetricTask):
     def score(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """Pixel accuracy over both masks."""
         return ((outputs > 0.5).float() == targets).float().mean()
-
-    def symmetry_spec(self) -> SymmetrySpec:
-        grid = grid_representation(get_group(self.group), (self.size, self.size))
-        return SymmetrySpec(self.group).layers(nn.Linear, fields=grid).free(self.norm)
-
-    def data_actions(self) -> list[Action | None]:
-        return [ImageAction(self.group), ImageAction(self.group)]
-
-    def output_action(self) -> Action | None:
-        return ImageAction(self.group)
 
 
 #: the network variants: ``paper`` (the paper's v1 code) and ``project`` (this project's)
