@@ -448,6 +448,7 @@ SECTIONS = {
     "projection": bench_projection,
     "augmentation": bench_augmentation,
     "escnn": bench_escnn_section,
+    "stability": lambda: __import__("bench_stability").bench_stability(),  # issue 17: lambda_min/max pair
 }
 
 

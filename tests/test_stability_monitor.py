@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_equi.actions import ImageAction
-from lightning_equi.callbacks import EquivariantProjection, StabilityMonitor
+from lightning_equi.callbacks import EquivariantProjection, RelaxedEquivariance, StabilityMonitor
 from lightning_equi.groups import get_group, grid_representation
 from lightning_equi.stability import FrozenRisk, ParameterSpace, stability_spectrum
 from lightning_equi.subspace import SymmetrySpec
@@ -168,4 +168,22 @@ def test_refusals_name_the_option(tmp_path) -> None:
     with pytest.raises(MisconfigurationException, match="isotypic=True"):
         _fit(
             tmp_path, model=Perm().double(), monitor=StabilityMonitor(isotypic=True, inputs="set"), equi=False
+        )
+
+
+def test_relaxed_mode_takes_gamma_auto_from_the_monitor(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Rot().double()
+    monitor = StabilityMonitor(every_n_steps=1, tol=1e-8)
+    relaxed = RelaxedEquivariance(gamma="auto")
+    trainer = _trainer([relaxed, monitor], 3, tmp_path)
+    trainer.fit(model, DataLoader(_data(), batch_size=8))
+    assert [h["step"] for h in monitor.history] == [1.0, 2.0, 3.0]
+    # the third step's proximal shrink used 1.5 gamma_crit of the measurement after the second step
+    (used,) = set(relaxed.penalty_term.last_gammas.values())
+    assert used == pytest.approx(1.5 * monitor.history[1]["gamma_crit"]) and used > 0
+    assert monitor.gamma_provider(factor=2.0)(0) == 2.0 * monitor.gamma()
+    with pytest.raises(MisconfigurationException, match="add StabilityMonitor"):
+        _trainer([RelaxedEquivariance(gamma="auto")], 1, tmp_path).fit(
+            Rot().double(), DataLoader(_data(), batch_size=8)
         )

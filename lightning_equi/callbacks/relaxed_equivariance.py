@@ -69,7 +69,9 @@ class RelaxedEquivariance(Callback):
         gamma: a number >= 0, a schedule ``step -> gamma`` (:mod:`lightning_equi.schedules`, or any
             callable provider), or a mapping of layer or parameter names to these (``"*"`` for the other
             layers); see :class:`~lightning_equi.subspace.EquivariancePenalty`. ``math.inf`` needs the
-            proximal form.
+            proximal form. ``"auto"``: ``gamma_provider()`` of a callback of the Trainer that offers one
+            (:class:`~lightning_equi.callbacks.StabilityMonitor`: ``1.5 gamma_crit`` from its latest
+            measurement of the augmented Hessian on E-perp, 0 before the first).
         penalty: ``"proximal"`` or ``"additive"`` (see above).
         log_penalty: log ``reg/penalty`` (and ``reg/gamma``) every step.
         group: optional: the group the run is meant for; a spec for another group is refused at setup.
@@ -91,7 +93,7 @@ class RelaxedEquivariance(Callback):
     def __init__(
         self,
         spec: SymmetrySpec | ModelProjection | None = None,
-        gamma: GammaConfig = 1.0,
+        gamma: GammaConfig | Literal["auto"] = 1.0,
         penalty: Literal["proximal", "additive"] = "proximal",
         log_penalty: bool = True,
         group: str | Group | None = None,
@@ -119,11 +121,22 @@ class RelaxedEquivariance(Callback):
         self._fresh = False  # a step happened since the last log
         self._gamma_now: float | None = None  # the single gamma of the last step, for the log
         self._restored_states: list[dict[str, Any]] | None = None
+        self._auto_gamma: Any = None  # gamma="auto": the provider found among the Trainer's callbacks
 
     @property
     def projection(self) -> ModelProjection | None:
         """The bound :class:`~lightning_equi.subspace.ModelProjection` (set at setup or fit start)."""
         return self._projection
+
+    def _gamma_config(self) -> Any:
+        if not _is_auto(self.gamma):
+            return self.gamma
+        if self._auto_gamma is None:
+            raise MisconfigurationException(
+                "RelaxedEquivariance(gamma='auto'): the provider is taken from the Trainer's callbacks at "
+                "setup; call resolve() only after Trainer.fit has started"
+            )
+        return self._auto_gamma
 
     @property
     def penalty_term(self) -> EquivariancePenalty | None:
@@ -145,7 +158,7 @@ class RelaxedEquivariance(Callback):
             )
         try:
             self._projection = resolve_spec(pl_module, self.spec, group=self.group)
-            self._penalty = EquivariancePenalty(self._projection, self.gamma)
+            self._penalty = EquivariancePenalty(self._projection, self._gamma_config())
         except (TypeError, ValueError) as err:
             raise MisconfigurationException(f"RelaxedEquivariance: {err}") from err
         return self._penalty
@@ -161,6 +174,8 @@ class RelaxedEquivariance(Callback):
                 "which cannot be projected layer by layer. Use strategy='ddp' (or a single device)."
             )
         self._projection, self._penalty = None, None
+        if _is_auto(self.gamma):
+            self._auto_gamma = _gamma_provider(trainer, self)
         if not binds_late(pl_module):
             self.resolve(pl_module)
 
@@ -265,8 +280,29 @@ class RelaxedEquivariance(Callback):
             self._restored_states = None
 
 
+def _is_auto(gamma: Any) -> bool:
+    return isinstance(gamma, str) and gamma == "auto"
+
+
+def _gamma_provider(trainer: Trainer, me: Callback) -> Any:
+    """``gamma="auto"``: the ``gamma_provider()`` of another callback of the Trainer (read by duck typing:
+    no callback imports another's module)."""
+    offering = [
+        cb for cb in trainer.callbacks if cb is not me and callable(getattr(cb, "gamma_provider", None))
+    ]
+    if not offering:
+        raise MisconfigurationException(
+            "RelaxedEquivariance(gamma='auto') takes gamma from a callback that measures it: add "
+            "StabilityMonitor(every_n_steps=...) to the Trainer's callbacks, or give gamma a number or a "
+            "schedule"
+        )
+    return offering[0].gamma_provider()
+
+
 def _check_gamma_config(gamma: Any, penalty: str) -> None:
     """Refuse now what the penalty would refuse at setup, when it does not need the model."""
+    if _is_auto(gamma):
+        return
     values = gamma.values() if isinstance(gamma, Mapping) else [gamma]
     for value in values:
         if callable(value):

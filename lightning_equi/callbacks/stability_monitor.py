@@ -107,6 +107,12 @@ class StabilityMonitor(Callback):
         """The latest ``gamma_crit`` (``None`` before the first measurement)."""
         return self.history[-1]["gamma_crit"] if self.history else None
 
+    def gamma_provider(self, factor: float = 1.5, default: float = 0.0) -> CriticalGamma:
+        """A gamma schedule ``step -> factor * gamma_crit`` of the latest measurement (``default`` before
+        the first): what ``RelaxedEquivariance(gamma="auto")`` uses. ``factor > 1`` makes E attract at the
+        last measured point (every eigenvalue of ``M + gamma`` on E-perp positive)."""
+        return CriticalGamma(self, factor, default)
+
     # ---- hooks ------------------------------------------------------------------------------------
 
     @override
@@ -243,6 +249,30 @@ class StabilityMonitor(Callback):
         self._frozen = state_dict.get("frozen")
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self._last_step = int(state_dict.get("last_step", -1))
+
+
+class CriticalGamma:
+    """``step -> factor * gamma_crit`` from a :class:`StabilityMonitor` (``default`` before it has measured).
+
+    Stateless: the monitor's history, which it reads, is saved in the monitor's own checkpoint state.
+
+    Example:
+        >>> provider = StabilityMonitor().gamma_provider(factor=2.0, default=0.5)
+        >>> provider(0)
+        0.5
+    """
+
+    def __init__(self, monitor: StabilityMonitor, factor: float = 1.5, default: float = 0.0) -> None:
+        if not factor >= 0 or not default >= 0:
+            raise ValueError(f"factor and default must be >= 0, got factor={factor!r}, default={default!r}")
+        self.monitor, self.factor, self.default = monitor, float(factor), float(default)
+
+    def __call__(self, step: int) -> float:
+        gamma = self.monitor.gamma()
+        return self.default if gamma is None else self.factor * gamma
+
+    def __repr__(self) -> str:
+        return f"CriticalGamma(factor={self.factor}, default={self.default})"
 
 
 def _learning_rate(trainer: Trainer) -> float | None:

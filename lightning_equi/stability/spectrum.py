@@ -177,6 +177,10 @@ class PredictionCheck:
         observed: the geometric mean factor per step, ``(||d_K|| / ||d_0||)^(1/K)``.
         per_step: every factor ``||d_{k+1}|| / ||d_k||``.
         rate_error: ``|(observed - 1) - (predicted - 1)| / |predicted - 1|``, the relative error of the rate.
+        drift: ``(u^T H(A_K) u - lam) / |lam|``: how far the curvature along ``u`` moved while the unperturbed
+            run travelled along E (a large drift, not a wrong ``lam``, is what breaks the prediction far
+            from a stationary point).
+        path: ``||A_K - A_0|| / ||A_0||``, the relative distance the unperturbed run travelled.
     """
 
     lam: float
@@ -187,6 +191,8 @@ class PredictionCheck:
     observed: float
     per_step: list[float]
     rate_error: float
+    drift: float
+    path: float
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -224,4 +230,7 @@ def prediction_check(
     predicted = 1.0 - lr * lam
     rate = predicted - 1.0
     error = abs((observed - 1.0) - rate) / abs(rate) if rate != 0 else math.inf
-    return PredictionCheck(lam, lr, steps, scale, predicted, observed, per_step, error)
+    curvature = float(u @ space.project_perp(risk.hvp(a, u)))
+    drift = (curvature - lam) / abs(lam) if lam != 0 else math.inf
+    path = float((a - theta).norm() / theta.norm()) if theta.norm() > 0 else 0.0
+    return PredictionCheck(lam, lr, steps, scale, predicted, observed, per_step, error, drift, path)
