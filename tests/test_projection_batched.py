@@ -173,3 +173,68 @@ def test_count_kernels_skips_views_and_casts():
     x = torch.randn(4, 4)
     counts = count_kernels(lambda: x.view(16).double().t().sum())
     assert dict(counts) == {"sum": 1}
+
+
+# ---- no host-device synchronisation in the hot paths ------------------------------------------------
+
+
+def _bn_model(momentum):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8, momentum=momentum))
+    spec = SymmetrySpec("C4").layer("0", "trivial", "regular").layer("1", "regular", "regular")
+    return model, spec.bind(model)
+
+
+def test_pooled_batchnorm_cumulative_average_without_reading_the_count():
+    """``momentum=None`` (the recalibration's cumulative average) is updated by tensor arithmetic:
+    against the hand-computed average of each batch's field statistics (unbiased variances)."""
+    from lightning_equi.subspace import pool_batch_statistics
+
+    model, projection = _bn_model(None)
+    projection.project_parameters_()
+    pool_batch_statistics(projection)
+    model.train()
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(4, 1, 6, 6, generator=g) for _ in range(3)]
+    means, variances = [], []
+    for x in batches:
+        h = model[0](x).detach().reshape(4, 2, 4, -1)  # (batch, field, channel in field, position)
+        means.append(h.mean(dim=(0, 2, 3)))
+        variances.append(h.transpose(0, 1).reshape(2, -1).var(dim=1))
+        model(x)
+    bn = model[1]
+    assert int(bn.num_batches_tracked) == 3
+    expected_mean = torch.stack(means).mean(0).repeat_interleave(4)
+    expected_var = torch.stack(variances).mean(0).repeat_interleave(4)
+    torch.testing.assert_close(bn.running_mean, expected_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, expected_var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hot_paths_do_not_synchronise_with_the_device():
+    """Projection (gradients, weights, buffers), the pooled BatchNorm forward and backward, and the
+    augmentation of a batch from a CPU generator, under ``set_sync_debug_mode("error")``."""
+    from lightning_equi.actions import ImageAction, augment
+    from lightning_equi.subspace import pool_batch_statistics
+
+    for momentum in (0.1, None):
+        model, projection = _bn_model(momentum)
+        model.cuda()
+        projection.project_parameters_()  # builds the index tables (setup work may synchronise)
+        pool_batch_statistics(projection)
+        x = torch.randn(8, 1, 10, 10, device="cuda")
+        model(x).sum().backward()
+        projection.project_gradients_()
+        gen = torch.Generator().manual_seed(0)
+        augment(x, "C4", ImageAction("C4"), generator=gen)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(x).square().mean().backward()
+            projection.project_gradients_()
+            projection.project_parameters_()
+            projection.project_buffers_()
+            augment(x, "C4", ImageAction("C4"), generator=gen)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()

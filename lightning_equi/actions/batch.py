@@ -130,7 +130,7 @@ class BatchAction(Action):
         n = self.batch_size(batch)
         key = next(iter(self._entries))
         device = _device(self._get(batch, key))
-        return self.group.sample(n, generator=generator, device=device)
+        return _draw(self.group, n, generator, device)
 
     def unacted_like_inputs(self, batch: Any) -> list[tuple[Any, tuple[int, ...], Any]]:
         """The entries of ``batch`` that look transformed by an action but are not: tensors with no
@@ -330,12 +330,24 @@ def augment(
         g = group.elements(device=device).repeat_interleave(n, dim=0)
     else:
         k = copies
-        g = group.sample(k * n if per_sample else k, generator=generator, device=device)
+        g = _draw(group, k * n if per_sample else k, generator, device)
         if not per_sample:
             g = g.repeat_interleave(n, dim=0)
     if k > 1:
         batch = _repeat_batch(batch, n, k)
     return act(g, batch)
+
+
+def _draw(group: Group, n: int, generator: torch.Generator | None, device: Any) -> Tensor:
+    """``group.sample`` on ``device``; from a CPU generator onto an accelerator, the elements are drawn
+    on the CPU and copied from pinned memory without blocking: a plain host-to-device copy waits for
+    the device at every batch."""
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    on_host = generator is None or generator.device.type == "cpu"
+    if target.type == "cpu" or not on_host or generator is None:
+        return group.sample(n, generator=generator, device=device)
+    drawn = group.sample(n, generator=generator, device="cpu")
+    return drawn.pin_memory().to(target, non_blocking=True)
 
 
 def _repeat_batch(batch: Any, n: int, k: int) -> Any:

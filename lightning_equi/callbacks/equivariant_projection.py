@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from lightning.fabric.utilities.apply_func import apply_to_collection, move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
@@ -39,7 +39,12 @@ __all__ = ["EquivariantProjection"]
 
 _REPROJECT = ("auto", True, False)
 _INIT = ("rescale", "project")
-_SHARDED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+# flat-parameter strategies: FSDP1 discards gradient edits made on its flat shards (they are restored
+# from a saved copy after summon_full_params), DeepSpeed partitions flat buffers of its own
+_REFUSED = {
+    FSDPStrategy: "FSDP1 keeps flattened shards of several parameters, whose gradient edits it discards",
+    DeepSpeedStrategy: "DeepSpeed partitions flattened buffers of several parameters",
+}
 
 
 class EquivariantProjection(Callback):
@@ -102,13 +107,23 @@ class EquivariantProjection(Callback):
 
     Raises:
         MisconfigurationException: if ``reproject_weights``, ``check_atol`` or ``group`` is invalid, or,
-            at setup, if the strategy shards parameters (FSDP, DeepSpeed, model parallel): projecting
-            shards would be wrong, so it is refused; also at setup, if the model has no spec, the spec is
-            for another group than ``group`` or does not fit the model (a model that builds its layers
-            in its own ``setup`` or ``configure_model`` is bound at fit start instead).
+            at setup, if the strategy flattens parameters into shards (``FSDPStrategy``, i.e. FSDP1,
+            and ``DeepSpeedStrategy``): projecting those would be wrong, so it is refused
+            (``ModelParallelStrategy``, FSDP2, is supported: see below); also at setup, if the model
+            has no spec, the spec is for another group than ``group`` or does not fit the model (a
+            model that builds its layers in its own ``setup`` or ``configure_model`` is bound at fit
+            start instead).
         RuntimeError: at fit start, if a constrained weight holds NaN or inf (named, with the number
             of such entries), or if the projected model is not in E (a spec that does not match the
             model), or if the weights restored from a checkpoint are not in E.
+
+    Under ``ModelParallelStrategy`` (FSDP2: ``fully_shard`` in ``configure_model``) the parameters and
+    gradients are DTensors sharded along one axis: each rank projects its shard in place, with no
+    communication, when the shard holds whole orbits (use
+    :func:`~lightning_equi.subspace.sharding.shard_placement_fn` to shard each parameter on such an
+    axis), and otherwise gathers the parameter, projects it and keeps its own part (one all-gather per
+    such parameter and step). Parameters are looked up on the trained module at every step. At fit
+    start the constrained tensors are gathered once to bring them into E.
 
     Frozen parameters (``requires_grad=False``) that the spec constrains are projected at fit start
     like the others (a warning names them when that changes them); leave them out with
@@ -210,12 +225,14 @@ class EquivariantProjection(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if isinstance(trainer.strategy, _SHARDED):
-            raise MisconfigurationException(
-                f"EquivariantProjection does not support the sharded strategy "
-                f"{type(trainer.strategy).__name__}: each rank holds flattened shards of the parameters, "
-                "which cannot be projected layer by layer. Use strategy='ddp' (or a single device)."
-            )
+        for refused, why in _REFUSED.items():
+            if isinstance(trainer.strategy, refused):
+                raise MisconfigurationException(
+                    f"EquivariantProjection does not support the sharded strategy "
+                    f"{type(trainer.strategy).__name__}: {why}, which cannot be projected layer by layer. "
+                    "Use ModelParallelStrategy (FSDP2: fully_shard in configure_model, each parameter a "
+                    "DTensor, projected on its shard) or strategy='ddp'."
+                )
         # each fit binds afresh (the callback may be reused for another model); a checkpoint restored
         # after this hook sets _restored again
         self._projection, self._restored = None, False
@@ -228,8 +245,10 @@ class EquivariantProjection(Callback):
         _check_finite(projection, "restored from the checkpoint" if self._restored else "at fit start")
         projected = not self._restored  # a resumed run keeps its restored weights bit for bit
         if projected:
-            _warn_frozen(projection, self.check_atol)
-            initialize_in_E_(projection, preserve_norm=self.init == "rescale")
+            # sharded parameters (FSDP2) are gathered once here, one tensor copy on every rank
+            with projection.gathered() as whole:
+                _warn_frozen(whole, self.check_atol)
+                initialize_in_E_(whole, preserve_norm=self.init == "rescale")
         elif self._averages:  # written by a fit that ended here (cleared when a fit starts)
             # resumed where a fit ended: training goes on from the moving averages, not the recalibration
             tensors = {e.name: e.tensor for e in projection.entries if e.is_buffer}

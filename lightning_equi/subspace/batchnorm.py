@@ -109,6 +109,8 @@ class PooledBatchNormForward:
         # fields of one size k on consecutive channels (regular fields; k = 1: scalars) need no pooling
         # code: (N, C, ...) viewed as (N, C / k, k, ...) is InnerBatchNorm for the native kernel
         k = int(self.orbit_size[0]) if self.orbits.numel() else 1
+        # read once here: a Python number taken from a tensor in forward would wait for the device
+        self.min_orbit = int(self.orbit_size.min()) if self.orbits.numel() else 1
         blocks = torch.arange(self.orbits.numel()) // k
         regular = torch.equal(self.orbits, blocks) and not isinstance(module, nn.SyncBatchNorm)
         self.block = k if regular else None
@@ -129,7 +131,7 @@ class PooledBatchNormForward:
                 f"{type(m).__name__}({m.num_features}) expects (N, {m.num_features}, ...) inputs, "
                 f"got {tuple(x.shape)}"
             )
-        if m.training and x.numel() // x.shape[1] * int(self.orbit_size.min()) <= 1:
+        if m.training and x.numel() // x.shape[1] * self.min_orbit <= 1:
             raise ValueError(
                 f"{type(m).__name__}: expected more than 1 value per field in training, got input of shape "
                 f"{tuple(x.shape)}"
@@ -142,7 +144,7 @@ class PooledBatchNormForward:
         dims = [0, *range(2, x.dim())]
         xs = x.to(acc)
         s1, s2 = xs.sum(dims), xs.square().sum(dims)
-        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=acc, device=x.device)
+        count = torch.full((), float(x.numel() // x.shape[1]), dtype=acc, device=x.device)  # no copy
         if isinstance(m, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized():
             stacked = _AllReduceSum.apply(torch.cat([s1, s2, count[None]]), m.process_group)
             s1, s2, count = stacked[: s1.numel()], stacked[s1.numel() : -1], stacked[-1]
@@ -167,10 +169,12 @@ class PooledBatchNormForward:
         m, k = self.module, self.block
         fields = m.num_features // k
         track = m.training and m.track_running_stats
+        if track and m.momentum is None:  # a cumulative average: its factor lives on the device
+            return self._blocks_cumulative(x)
         factor = 0.0
         if track:
             m.num_batches_tracked.add_(1)
-            factor = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
+            factor = m.momentum
         running = m.running_mean is not None and (track or not m.training)
         mean = m.running_mean.view(fields, k)[:, 0].clone() if running else None  # in E: one per field
         var = m.running_var.view(fields, k)[:, 0].clone() if running else None
@@ -185,14 +189,38 @@ class PooledBatchNormForward:
                 m.running_var.copy_(var.repeat_interleave(k))
         return y.reshape(x.shape)
 
+    def _blocks_cumulative(self, x: Tensor) -> Tensor:
+        """``_blocks`` with ``momentum=None`` (the recalibration's cumulative average): torch's own
+        batch norm reads ``1 / num_batches_tracked`` into a Python float, a wait for the device at
+        every call; here the batch statistics of each field update the running ones by tensor
+        arithmetic on the device."""
+        m, k = self.module, self.block
+        fields = m.num_features // k
+        xr = x.reshape(x.shape[0], fields, k, *x.shape[2:])
+        weight = None if m.weight is None else m.weight.view(fields, k).mean(1)
+        bias = None if m.bias is None else m.bias.view(fields, k).mean(1)
+        y = nn.functional.batch_norm(xr, None, None, weight, bias, True, 0.0, m.eps)
+        with torch.no_grad():
+            dims = [0, *range(2, xr.dim())]
+            acc = torch.promote_types(x.dtype, torch.float32)
+            var, mean = torch.var_mean(xr.detach().to(acc), dim=dims, correction=1)
+            self._update_running_stats(mean.repeat_interleave(k), var.repeat_interleave(k), None)
+        return y.reshape(x.shape)
+
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: Tensor | None) -> None:
+        """Move the running statistics towards ``mean`` and ``var`` (biased over ``n`` entries per
+        channel; ``None``: already unbiased), on the device: no Python number is read from a tensor."""
         m = self.module
         m.num_batches_tracked.add_(1)
-        factor = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
-        unbiased = var * n / (n - 1)
-        m.running_mean.mul_(1 - factor).add_(mean.to(m.running_mean.dtype), alpha=factor)
-        m.running_var.mul_(1 - factor).add_(unbiased.to(m.running_var.dtype), alpha=factor)
+        unbiased = var if n is None else var * n / (n - 1)
+        if m.momentum is None:  # cumulative average: the factor 1 / num_batches_tracked as a tensor
+            factor = m.num_batches_tracked.reciprocal().to(m.running_mean.dtype)
+            m.running_mean.mul_(1 - factor).add_(mean.to(m.running_mean.dtype) * factor)
+            m.running_var.mul_(1 - factor).add_(unbiased.to(m.running_var.dtype) * factor)
+        else:
+            m.running_mean.mul_(1 - m.momentum).add_(mean.to(m.running_mean.dtype), alpha=m.momentum)
+            m.running_var.mul_(1 - m.momentum).add_(unbiased.to(m.running_var.dtype), alpha=m.momentum)
 
 
 class PooledBatchNorms:

@@ -15,8 +15,10 @@ all-reduce per call.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -183,15 +185,111 @@ class ModelProjection:
         """Project every ``.grad`` of a constrained parameter onto E, in place (``None`` is skipped)."""
         self.project_tensors_([None if e.is_buffer else e.tensor.grad for e in self.entries])
 
+    @property
+    def is_sharded(self) -> bool:
+        """Whether any constrained tensor is a DTensor (FSDP2)."""
+        return any(S.is_dtensor(e.tensor) for e in self.entries)
+
+    @contextmanager
+    def gathered(self) -> Iterator[ModelProjection]:
+        """A projection of whole copies of the sharded tensors (gathered: every rank must enter), for
+        what is done once rather than at every step (bringing the weights into E at fit start); on exit
+        each rank writes its part of the copies back into its shards. Without DTensors it yields
+        ``self``.
+
+        Example:
+            >>> from lightning_equi.subspace import SymmetrySpec
+            >>> net = nn.Sequential(nn.Linear(2, 2))
+            >>> proj = SymmetrySpec("C2").layer("0", "regular", "regular").bind(net)
+            >>> with proj.gathered() as whole:
+            ...     whole is proj
+            True
+        """
+        if not self.is_sharded:
+            yield self
+            return
+        holder = nn.Module()
+        entries, copies = [], []
+        for i, e in enumerate(self.entries):
+            tensor = e.tensor
+            if not S.is_dtensor(tensor):
+                entries.append(e)
+                continue
+            name, whole = f"t{i}", tensor.detach().full_tensor().clone()
+            if e.is_buffer:
+                holder.register_buffer(name, whole)
+            else:
+                holder.register_parameter(name, nn.Parameter(whole, requires_grad=tensor.requires_grad))
+            entries.append(ProjectedTensor(e.name, e.projector, e.is_buffer, e.layer, holder, name))
+            copies.append((tensor, name))
+        yield ModelProjection(self.group, self.model, entries, self.free_names)
+        with torch.no_grad():
+            for tensor, name in copies:
+                tensor.to_local().copy_(S.local_part(getattr(holder, name).detach(), tensor))
+
+    # ---- measuring on shards ------------------------------------------------------------------------
+
+    def _piece(self, i: int, tensor: Tensor) -> tuple[Tensor, Projector, Any]:
+        """``(what to measure, its projector, the process group of a sum over ranks or None)`` for the
+        tensor of entry ``i``: itself; the local shard of a DTensor that holds whole orbits (summed over
+        the ranks of its mesh); the gathered tensor of any other DTensor (the same on every rank)."""
+        if not S.is_dtensor(tensor):
+            return tensor, self.entries[i].projector, None
+        layout = S.shard_layout(tensor)
+        tables = None if layout is None else self._local_tables(i, layout)
+        if tables is None:
+            return tensor.full_tensor(), self.entries[i].projector, None
+        key = ("projector", i, layout)
+        if key not in self._tables_cache:
+            self._tables_cache[key] = tables.projector()  # type: ignore[index]
+        group = tensor.device_mesh.get_group() if layout.partial else None  # type: ignore[union-attr]
+        return tensor.to_local(), self._tables_cache[key], group  # type: ignore[index, return-value]
+
+    def _measure(
+        self,
+        items: Sequence[tuple[int, Tensor]],
+        measure: Callable[[Tensor, Projector], list[Tensor]] | Sequence[Callable],
+        roots: bool = True,
+    ) -> list[list[Tensor]]:
+        """``measure(piece, projector)`` (sums such as squares, float64 scalars) of every
+        ``(entry index, tensor)`` (one function for all, or one per item), the pieces of sharded
+        tensors summed over their ranks by one all-reduce per process group, then square roots (unless
+        not ``roots``). Every rank must call it when a tensor is sharded; a model without DTensors
+        communicates nothing."""
+        measures = [measure] * len(items) if callable(measure) else list(measure)
+        rows: list[list[Tensor]] = []
+        groups: dict[Any, list[int]] = {}
+        for row, ((i, tensor), fn) in enumerate(zip(items, measures, strict=True)):
+            piece, projector, group = self._piece(i, tensor)
+            rows.append(fn(piece, projector))
+            if group is not None:
+                groups.setdefault(group, []).append(row)
+        for group, members in groups.items():
+            flat = torch.cat([torch.stack(rows[r]) for r in members])
+            torch.distributed.all_reduce(flat, group=group)  # one reduction for all the sharded values
+            for r, values in zip(members, flat.split([len(rows[r]) for r in members]), strict=True):
+                rows[r] = list(values.unbind(0))
+        return [[v.clamp_min(0).sqrt() for v in row] for row in rows] if roots else rows
+
     # ---- distances --------------------------------------------------------------------------------
+
+    def _items(self, buffers: bool) -> list[tuple[int, Tensor]]:
+        return [(i, e.tensor.detach()) for i, e in enumerate(self.entries) if buffers or not e.is_buffer]
+
+    def _names(self, buffers: bool) -> list[str]:
+        return [e.name for e in self._selected(buffers)]
 
     def distances(self, buffers: bool = False) -> dict[str, Tensor]:
         """Qualified name -> ``||W - Pi_E W||`` (float64, detached); running statistics if ``buffers``."""
-        return {e.name: D.tensor_distance(e.tensor, e.projector) for e in self._selected(buffers)}
+        values = self._measure(self._items(buffers), lambda w, p: [D.tensor_distance(w, p).square()])
+        return {name: v[0] for name, v in zip(self._names(buffers), values, strict=True)}
 
     def relative_distances(self, buffers: bool = False) -> dict[str, Tensor]:
         """Qualified name -> ``||W - Pi_E W|| / ||W||`` (0 for a zero tensor)."""
-        return {e.name: D.relative_distance(e.tensor, e.projector) for e in self._selected(buffers)}
+        values = self._measure(self._items(buffers), _distance_and_norm)
+        return {
+            name: d / n if n > 0 else n for name, (d, n) in zip(self._names(buffers), values, strict=True)
+        }
 
     def layer_distances(self, buffers: bool = False) -> dict[str, Tensor]:
         """Layer name -> the distance of all its constrained tensors together."""
@@ -203,8 +301,9 @@ class ModelProjection:
 
     def relative_total_distance(self, buffers: bool = False) -> Tensor:
         """``||A - Pi_E A|| / ||A||`` over the whole model."""
-        norm = D.root_sum_squares([e.tensor.detach().double().norm() for e in self._selected(buffers)])
-        dist = self.total_distance(buffers)
+        values = self._measure(self._items(buffers), _distance_and_norm)
+        dist = D.root_sum_squares([d for d, _ in values])
+        norm = D.root_sum_squares([n for _, n in values])
         return dist / norm if norm > 0 else norm
 
     def snapshot(self, buffers: bool = False) -> dict[str, Tensor]:
@@ -219,20 +318,29 @@ class ModelProjection:
             "perp": {name: ||(I - Pi_E)(W - W0)||}}`` over the names in ``w0`` (float64 scalars);
             aggregate a part over the model with :func:`~lightning_equi.subspace.distance.total_distance`.
         """
-        by_name = {e.name: e for e in self.entries}
-        unknown = sorted(set(w0) - set(by_name))
+        index = {e.name: i for i, e in enumerate(self.entries)}
+        unknown = sorted(set(w0) - set(index))
         if unknown:
             raise KeyError(
                 f"distances_from: {unknown} are not constrained tensors of the model; use snapshot()"
             )
+        values = self._measure(self._moves(w0), _split_squares)
         out: dict[str, dict[str, Tensor]] = {"total": {}, "in_E": {}, "perp": {}}
-        for name, start in w0.items():
-            e = by_name[name]
-            delta = e.tensor.detach().double() - start.detach().to(
-                device=e.tensor.device, dtype=torch.float64
-            )
-            out["total"][name], out["in_E"][name], out["perp"][name] = D.split_norms(delta, e.projector)
+        for name, (total, in_E, perp) in zip(w0, values, strict=True):
+            out["total"][name], out["in_E"][name], out["perp"][name] = total, in_E, perp
         return out
+
+    def _moves(self, w0: Mapping[str, Tensor]) -> list[tuple[int, Tensor]]:
+        """``(entry index, W - W0)`` for the names of ``w0``, in its order (a DTensor for a DTensor
+        ``W``: the start is laid out like it first when it was saved whole)."""
+        index = {e.name: i for i, e in enumerate(self.entries)}
+        items = []
+        for name, start in w0.items():
+            tensor = self.entries[index[name]].tensor.detach()
+            if S.is_dtensor(tensor) and not S.is_dtensor(start):
+                start = S.distribute_like(start.to(tensor.to_local().device, tensor.dtype), tensor)
+            items.append((index[name], tensor.double() - start.detach().to(dtype=torch.float64)))
+        return items
 
     def report(self, start: dict[str, Tensor] | None = None, layers: bool = True) -> dict[str, Tensor]:
         """Every distance the monitor and the experiment runner log, in one place (float64 scalars).
@@ -262,29 +370,37 @@ class ModelProjection:
             (True, True)
         """
         owners = {e.name: e.layer or "(root)" for e in self.entries}
-        dist = self.distances()
+        items = self._items(buffers=False)
+        names = self._names(buffers=False)
+        moves = [] if start is None else self._moves(start)
+        # every quantity of every tensor in one measurement: one all-reduce for a sharded model
+        values = self._measure(
+            items + moves, [_distance_and_norm] * len(items) + [_split_squares] * len(moves)
+        )
+        dist = {name: v[0] for name, v in zip(names, values, strict=False)}
+        norms = {name: v[1] for name, v in zip(names, values, strict=False)}
         parts = {"dist_to_E": dist}
         if start is not None:
-            moved = self.distances_from(start)
+            moved = values[len(items) :]
             parts.update(
-                dist_from_start=moved["total"],
-                dist_from_start_in_E=moved["in_E"],
-                dist_from_start_perp=moved["perp"],
+                dist_from_start=dict(zip(start, (v[0] for v in moved), strict=True)),
+                dist_from_start_in_E=dict(zip(start, (v[1] for v in moved), strict=True)),
+                dist_from_start_perp=dict(zip(start, (v[2] for v in moved), strict=True)),
             )
         out: dict[str, Tensor] = {}
-        for key, values in parts.items():
+        for key, part in parts.items():
             if layers:
-                for layer, value in D.layer_distances(values, owners).items():
+                for layer, value in D.layer_distances(part, owners).items():
                     out[f"{key}/{layer}"] = value
-            out[f"{key}/total"] = D.total_distance(values)
+            out[f"{key}/total"] = D.total_distance(part)
         if layers:
-            norms = {e.name: e.tensor.detach().double().norm() for e in self.parameters}
             layer_norms = D.layer_distances(norms, owners)
             for layer, value in D.layer_distances(dist, owners).items():
                 out[f"rel_dist_to_E/{layer}"] = (
                     value / layer_norms[layer] if layer_norms[layer] > 0 else value
                 )
-        out["rel_dist_to_E/total"] = self.relative_total_distance()
+        norm = D.total_distance(norms)
+        out["rel_dist_to_E/total"] = out["dist_to_E/total"] / norm if norm > 0 else norm
         return out
 
     def check_snapshot(self, w0: Mapping[str, Tensor]) -> None:
@@ -332,7 +448,8 @@ class ModelProjection:
             >>> proj.non_finite()
             {'0.weight': 1}
         """
-        counts = {e.name: int((~torch.isfinite(e.tensor.detach())).sum()) for e in self._selected(buffers)}
+        values = self._measure(self._items(buffers), _non_finite_count, roots=False)
+        counts = {name: int(v[0]) for name, v in zip(self._names(buffers), values, strict=True)}
         return {name: n for name, n in counts.items() if n}
 
     def within_rounding(self, factor: float = 64.0) -> bool:
@@ -355,24 +472,25 @@ class ModelProjection:
             >>> proj.within_rounding()
             False
         """
+        relative = self.relative_distances()
         for e in self.parameters:
-            tensor = e.tensor.detach()
+            tensor = e.tensor
             eps = torch.finfo(tensor.dtype).eps if tensor.is_floating_point() else 0.0
             tolerance = factor * eps * math.log2(2 + tensor.numel())
-            if not float(D.relative_distance(tensor, e.projector)) <= tolerance:
+            if not float(relative[e.name]) <= tolerance:
                 return False
         return True
 
     def gradient_perp_share(self) -> Tensor:
         """``||(I - Pi_E) grad|| / ||grad||`` over all constrained parameters with a gradient (0 if none)."""
-        total, perp = [], []
-        for e in self.parameters:
-            grad = e.tensor.grad
-            if grad is not None:
-                total.append(grad.detach().double().norm())
-                perp.append(D.tensor_distance(grad, e.projector))
-        norm = D.root_sum_squares(total)
-        return D.root_sum_squares(perp) / norm if norm > 0 else norm
+        items = [
+            (i, e.tensor.grad.detach())
+            for i, e in enumerate(self.entries)
+            if not e.is_buffer and e.tensor.grad is not None
+        ]
+        values = self._measure(items, _distance_and_norm)
+        norm = D.root_sum_squares([n for _, n in values])
+        return D.root_sum_squares([d for d, _ in values]) / norm if norm > 0 else norm
 
     def is_equivariant(self, atol: float = 1e-5, buffers: bool = True) -> bool:
         """Whether every constrained tensor is within ``atol`` (Frobenius) of E."""
@@ -399,3 +517,18 @@ class ModelProjection:
             f"ModelProjection({self.group.name}, tensors={len(self.entries)}, dim_E={self.dim}, "
             f"numel={self.numel}, free={len(self.free_names)})"
         )
+
+
+def _distance_and_norm(w: Tensor, projector: Projector) -> list[Tensor]:
+    """``[||w - Pi_E w||^2, ||w||^2]`` in float64."""
+    return [D.tensor_distance(w, projector).square(), w.detach().double().square().sum()]
+
+
+def _split_squares(delta: Tensor, projector: Projector) -> list[Tensor]:
+    """The squares of :func:`~lightning_equi.subspace.distance.split_norms`."""
+    return [v.square() for v in D.split_norms(delta, projector)]
+
+
+def _non_finite_count(w: Tensor, projector: Projector) -> list[Tensor]:
+    """The number of NaN or infinite entries (float64: exact up to 2**53, summed over ranks)."""
+    return [(~torch.isfinite(w.detach())).sum().double()]

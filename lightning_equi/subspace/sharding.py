@@ -52,6 +52,7 @@ __all__ = [
     "shard_layout",
     "gather_project_",
     "local_part",
+    "distribute_like",
     "check_shard_placement",
     "shard_placement_fn",
 ]
@@ -148,6 +149,21 @@ def local_part(full: Tensor, like: Tensor) -> Tensor:
         full, mesh, [Replicate()] * mesh.ndim, run_check=False, shape=like.shape, stride=like.stride()
     )
     return replicated.redistribute(mesh, like.placements).to_local()
+
+
+def distribute_like(full: Tensor, like: Tensor) -> Tensor:
+    """A DTensor laid out as ``like`` (mesh, placements, global shape and stride) holding ``full``, a
+    tensor every rank holds whole: no communication."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        local_part(full, like),
+        like.device_mesh,
+        like.placements,
+        run_check=False,
+        shape=like.shape,
+        stride=like.stride(),
+    )
 
 
 @torch.no_grad()
