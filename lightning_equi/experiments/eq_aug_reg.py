@@ -397,7 +397,11 @@ def _plot_attractor(payload: dict, path: Path) -> None:
             left.plot(steps, median, style, color=colours.get(gamma), label=f"{arm}, $\\gamma$={gamma:g}")
     equi = [r for r in runs if r["arm"] == "equi"]
     left.plot(
-        equi[0]["steps"], [max(v, 1e-12) for v in equi[0]["distance"]], "-", color="tab:green", label="equi"
+        equi[0]["steps"],
+        [max(v, 1e-12) for v in equi[0]["distance"]],
+        "-",
+        color="tab:green",
+        label="equi (0, drawn at 1e-12)",
     )
     left.set_yscale("log")
     left.set_xlabel("SGD step")
@@ -507,9 +511,10 @@ def run_accuracy(
     rotation_bias: float = 0.3,
     lr: float = 0.05,
     echo=print,
+    name: str = "accuracy",
 ) -> dict:
     """Held-out accuracy and equivariance error against gamma (aug+reg and nom+reg, proximal), beside nom,
-    aug and equi, on rotation-biased digits; ``accuracy.json`` and ``.png``."""
+    aug and equi, on rotation-biased digits; ``<name>.json`` and ``.png``."""
     caught = _quiet()
     train, test = digits_16()
     options = {"lr": lr, "momentum": 0.9, "loss_divisor": 1.0}
@@ -544,8 +549,8 @@ def run_accuracy(
         },
         "runs": runs,
     }
-    _write(out, "accuracy", payload)
-    _plot_accuracy(payload, out / "accuracy.png")
+    _write(out, name, payload)
+    _plot_accuracy(payload, out / f"{name}.png")
     return payload
 
 
@@ -554,23 +559,25 @@ def _plot_accuracy(payload: dict, path: Path) -> None:
 
     runs, gammas = payload["runs"], payload["settings"]["gammas"]
 
-    def med(arm: str, gamma: float, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["arm"] == arm and r["gamma"] == gamma)
+    def values(arm: str, gamma: float, key: str) -> list[float]:
+        return [r[key] for r in runs if r["arm"] == arm and r["gamma"] == gamma]
 
     fig = Figure(figsize=(10, 4))
     for i, (key, label) in enumerate(
         (("accuracy", "held-out accuracy"), ("equivariance_error", "equivariance error"))
     ):
         ax = fig.add_subplot(1, 2, i + 1)
-        for arm, style in (("nom+reg", "o:"), ("aug+reg", "s-")):
-            ax.plot(gammas, [med(arm, g, key) for g in gammas], style, label=arm)
+        for arm, style, colour in (("nom+reg", "o:", "tab:purple"), ("aug+reg", "s-", "tab:orange")):
+            per = [values(arm, g, key) for g in gammas]
+            ax.plot(gammas, [statistics.median(v) for v in per], style, color=colour, label=f"{arm} (median)")
+            ax.fill_between(gammas, [min(v) for v in per], [max(v) for v in per], color=colour, alpha=0.15)
         for arm, colour in (("nom", "tab:red"), ("aug", "tab:blue"), ("equi", "tab:green")):
-            ax.axhline(med(arm, 0.0, key), color=colour, linestyle="--", label=arm)
+            ax.axhline(statistics.median(values(arm, 0.0, key)), color=colour, linestyle="--", label=arm)
         ax.set_xscale("log")
         if key == "equivariance_error":
-            ax.set_yscale("symlog", linthresh=1e-6)
+            ax.set_yscale("log")
         ax.set_xlabel(r"$\gamma$ (proximal)")
-        ax.set_ylabel(f"{label} (median over seeds)")
+        ax.set_ylabel(f"{label} (band: range of seeds)")
         ax.legend(fontsize=7)
     s = payload["settings"]
     title = f"digits 16x16 with rotation bias {s['rotation_bias']}, {s['optimizer']}"
@@ -589,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="SGD steps per run (their run: 60000)")
     parser.add_argument("--penalty", choices=["additive", "proximal"], default="additive", help="attractor")
     parser.add_argument("--no-shuffle", action="store_true", help="attractor: their fixed batch order")
+    parser.add_argument("--rotation-bias", type=float, default=0.3, help="accuracy: share left upright")
+    parser.add_argument("--name", default=None, help="accuracy: file name (default: accuracy)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -600,7 +609,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.study == "divergence":
         run_divergence(out, args.steps or 300)
     else:
-        run_accuracy(out, args.seeds, args.steps or 1500)
+        run_accuracy(
+            out,
+            args.seeds,
+            args.steps or 1500,
+            rotation_bias=args.rotation_bias,
+            name=args.name or "accuracy",
+        )
     return 0
 
 
