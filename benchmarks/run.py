@@ -9,6 +9,7 @@ Sections:
   projection    projecting all parameters vs. one elementwise pass over them, per projector type
   augmentation  per-sample exact C4 and interpolated SO(2) augmentation vs. their floors and kornia
   escnn         dense weights + projection vs. escnn's own basis expansion at every step
+  inference     inferring the spec of a ResNet-18 by tracing vs. torch.fx tracing alone
 """
 
 from __future__ import annotations
@@ -449,6 +450,7 @@ SECTIONS = {
     "augmentation": bench_augmentation,
     "escnn": bench_escnn_section,
     "stability": lambda: __import__("bench_stability").bench_stability(),  # issue 17: lambda_min/max pair
+    "inference": lambda: __import__("bench_inference").bench_inference(),  # issue 14: ResNet-18 spec
 }
 
 

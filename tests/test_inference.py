@@ -553,3 +553,16 @@ def test_cli_zero_line_yaml(tmp_path, monkeypatch) -> None:
     assert cli.trainer.global_step == 3
     assert projection.projection.within_rounding()
     assert_equivariant(cli.model, torch.randn(4, 1, 6, 6), "C4", "image")
+
+
+def test_the_readme_example_of_inference_runs_and_prints_what_it_says() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("## Zero lines: inferring the spec of a plain torch model") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102  (asserts the rot90 invariance itself)
+    printed = "\n".join(line[2:] for line in block.splitlines() if line.startswith("# "))
+    assert scope["spec"].declarations() == printed

@@ -644,7 +644,7 @@ def _module(node: fx.Node, x: Any, state: _State, modules: dict[str, nn.Module])
     if isinstance(module, _POINTWISE_MODULES):
         if isinstance(module, nn.PReLU) and module.num_parameters > 1:
             raise _Unsupported("a PReLU with one slope per channel; use nn.PReLU() (one slope) or declare it")
-        _pointwise(name, x, state, type(module).__name__)
+        _pointwise(_where(node, modules), x, state, type(module).__name__)
         return x
     if isinstance(module, _DROPOUT):
         return x
@@ -659,7 +659,7 @@ def _module(node: fx.Node, x: Any, state: _State, modules: dict[str, nn.Module])
     if isinstance(module, _PADS):
         return _resized(x, node)
     if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
-        _pointwise(name, x, state, type(module).__name__)
+        _pointwise(_where(node, modules), x, state, type(module).__name__)
         return x
     raise _Unsupported(
         f"inference does not know how {type(module).__name__} acts on fields; declare the spec by hand "

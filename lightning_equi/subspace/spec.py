@@ -170,13 +170,15 @@ class SymmetrySpec:
         *,
         example_input: Tensor | Sequence[int] | None = None,
         hidden: Fields | dict[str, Fields] | None = None,
+        lint: bool = True,
     ) -> SymmetrySpec:
         """The spec of a plain torch model, inferred by tracing it (:mod:`lightning_equi.subspace.inference`).
 
         ``inputs`` is the action on the model's input (``"image"``, ``"signal"``, ``"set"``, ``"graph"``,
         optionally ``"<name>:<fields>"``), ``outputs`` the action on its output (``None``: invariant);
         hidden layers get ``hidden`` fields (default ``"regular"`` on images). The result declares every
-        layer; print it with :meth:`declarations`, edit it like any other spec.
+        layer; print it with :meth:`declarations`, edit it like any other spec. ``lint`` warns about
+        what breaks equivariance whatever the weights (:func:`~lightning_equi.subspace.lint_model`).
 
         Example:
             >>> net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
@@ -187,7 +189,9 @@ class SymmetrySpec:
         """
         from lightning_equi.subspace.inference import infer_spec
 
-        return infer_spec(model, group, inputs, outputs, example_input=example_input, hidden=hidden)
+        return infer_spec(
+            model, group, inputs, outputs, example_input=example_input, hidden=hidden, lint=lint
+        )
 
     def declarations(self) -> str:
         """The spec as the code that declares it (to copy into a model's ``symmetry_spec()`` and edit).
