@@ -16,55 +16,30 @@ Run alone with ``python benchmarks/bench_inference.py`` or as ``./run bench --se
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import fx, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Table  # noqa: E402
-
-
-class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the architectures of the tests
+from harness import Table, fmt_ratio, paired_ratios, quartiles  # noqa: E402
 
 
 def resnet18(classes: int = 10) -> nn.Module:
-    """ResNet-18 for 3-channel images, CIFAR stem (see the module docstring)."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
-    c = 64
-    for i, w in enumerate((64, 128, 256, 512)):
-        for b in range(2):
-            layers.append(_Block(c, w, 2 if i > 0 and b == 0 else 1))
-            c = w
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes)]
-    return nn.Sequential(*layers)
+    """ResNet-18 for 3-channel images, CIFAR stem (see the module docstring): the ResNet of
+    ``tests/test_inference.py`` at full size."""
+    from test_inference import ResNet
+
+    return ResNet(widths=(64, 128, 256, 512), blocks=2, classes=classes, cin=3)
 
 
-def _times(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+def _once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def bench_inference(repeats: int = 9) -> Table:
@@ -74,17 +49,19 @@ def bench_inference(repeats: int = 9) -> Table:
     params = sum(p.numel() for p in model.parameters())
     table = Table(
         f"Spec inference for ResNet-18 ({params / 1e6:.1f}M parameters, C4, regular hidden fields)",
-        ["what", "median (ms)", "IQR (ms)", "ratio to tracing"],
+        ["what", "median (ms)", "IQR (ms)", "ratio to tracing [IQR]"],
         notes=[
-            f"median and interquartile range over {repeats} runs after one warm-up; "
-            "the floor is `torch.fx.symbolic_trace` of the same model",
+            f"{repeats} runs after one warm-up, each paired with a run of the floor, "
+            "`torch.fx.symbolic_trace` of the same model (the ratio is per pair, so a drift of a loaded "
+            "machine hits both alike)",
             "goal (issue 14): inference well under a second; `bind` (building the projectors) is what "
             "the callbacks do next at setup, shown for scale",
         ],
     )
     spec = SymmetrySpec.infer(model, "C4", inputs="image")
+    trace = lambda: fx.symbolic_trace(model)  # noqa: E731
     rows = [
-        ("torch.fx.symbolic_trace (floor)", lambda: fx.symbolic_trace(model), repeats),
+        ("torch.fx.symbolic_trace (floor)", trace, repeats),
         ("SymmetrySpec.infer", lambda: SymmetrySpec.infer(model, "C4", inputs="image"), repeats),
         (
             "SymmetrySpec.infer, example_input=(3, 33, 33)",
@@ -93,12 +70,17 @@ def bench_inference(repeats: int = 9) -> Table:
         ),
         ("bind of the inferred spec (projectors)", lambda: spec.bind(model), max(3, repeats // 3)),
     ]
-    floor = None
     for name, fn, n in rows:
-        times = _times(fn, n)
-        q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive")
-        floor = floor or med
-        table.add(name, med * 1e3, f"{q1 * 1e3:.3g}-{q3 * 1e3:.3g}", f"{med / floor:.2f}")
+        fn(), trace()  # warm-up
+        times: list[float] = []
+
+        def candidate(fn=fn, times=times) -> float:
+            times.append(_once(fn))
+            return times[-1]
+
+        ratio = paired_ratios(lambda: _once(trace), candidate, n)
+        q1, med, q3 = quartiles(times)
+        table.add(name, med * 1e3, f"{q1 * 1e3:.3g}-{q3 * 1e3:.3g}", fmt_ratio(ratio))
     return table
 
 

@@ -206,19 +206,9 @@ class _Task(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
-def _fit(task: L.LightningModule, x: Tensor, y: Tensor, tmp_path, steps: int = 4, **options) -> list:
+def _fit(task: L.LightningModule, x: Tensor, y: Tensor, make_trainer, steps: int = 4, **options) -> list:
     callbacks = build_callbacks("equi", monitor=False, **options)
-    trainer = L.Trainer(
-        max_steps=steps,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(task, DataLoader(TensorDataset(x, y), batch_size=4))
+    make_trainer(callbacks, max_steps=steps).fit(task, DataLoader(TensorDataset(x, y), batch_size=4))
     return callbacks
 
 
@@ -246,12 +236,12 @@ def test_resnet_spec_equals_the_hand_written_one() -> None:
     assert ".norm('stages.1.shortcut.1', 'regular')" in text
 
 
-def test_resnet_trained_with_inferred_spec_is_invariant(tmp_path) -> None:
+def test_resnet_trained_with_inferred_spec_is_invariant(quiet_trainer) -> None:
     torch.manual_seed(0)
     task = _Task(ResNet())
     x, y = torch.randn(8, 1, 17, 17), torch.randint(0, 5, (8,))  # 17 - 1 divisible by 2: exact strides
     before = {n: t.clone() for n, t in task.state_dict().items()}
-    (projection,) = _fit(task, x, y, tmp_path, group="C4", inputs="image")
+    (projection,) = _fit(task, x, y, quiet_trainer, group="C4", inputs="image")
     assert _moved(task, before)
     assert projection.projection.within_rounding()
     task.eval()
@@ -275,7 +265,7 @@ def test_resnet_at_a_size_where_strides_do_not_commute_is_flagged() -> None:
 # U-Net
 
 
-def test_unet_spec_and_equivariant_segmentation(tmp_path) -> None:
+def test_unet_spec_and_equivariant_segmentation(quiet_trainer) -> None:
     torch.manual_seed(1)
     net = UNet(c=8)  # regular fields of D4 have 8 channels
     inferred = SymmetrySpec.infer(net, "D4", inputs="image", outputs="image")
@@ -291,7 +281,7 @@ def test_unet_spec_and_equivariant_segmentation(tmp_path) -> None:
     _same_projection(net, inferred, by_hand)
     task = _Task(net, loss="mse")
     x = torch.randn(8, 1, 8, 8)
-    _fit(task, x, torch.randn(8, 2, 8, 8), tmp_path, group="D4", inputs="image", outputs="image")
+    _fit(task, x, torch.randn(8, 2, 8, 8), quiet_trainer, group="D4", inputs="image", outputs="image")
     task.eval()
     assert_equivariant(task, x, "D4", "image", act_out="image")
     with torch.no_grad():
@@ -305,7 +295,7 @@ def test_unet_spec_and_equivariant_segmentation(tmp_path) -> None:
 # sets and graphs
 
 
-def test_deepsets_under_permutations(tmp_path) -> None:
+def test_deepsets_under_permutations(quiet_trainer) -> None:
     torch.manual_seed(2)
     net = DeepSets()
     inferred = SymmetrySpec.infer(net, "S5", inputs="set")
@@ -314,7 +304,7 @@ def test_deepsets_under_permutations(tmp_path) -> None:
     _same_projection(net, inferred, by_hand)
     task = _Task(net, loss="mse")
     x = torch.randn(8, 5, 3)
-    _fit(task, x, torch.randn(8, 1), tmp_path, group="S5", inputs="set")
+    _fit(task, x, torch.randn(8, 1), quiet_trainer, group="S5", inputs="set")
     task.eval()
     assert_equivariant(task, x, "S5", "set")
     perm = torch.tensor([3, 0, 4, 1, 2])
@@ -322,7 +312,7 @@ def test_deepsets_under_permutations(tmp_path) -> None:
         torch.testing.assert_close(task(x[:, perm]), task(x), atol=1e-5, rtol=1e-5)
 
 
-def test_graph_mlp_under_permutations(tmp_path) -> None:
+def test_graph_mlp_under_permutations(quiet_trainer) -> None:
     torch.manual_seed(3)
     net = GraphMLP()
     inferred = SymmetrySpec.infer(net, "S4", inputs="graph")
@@ -335,7 +325,7 @@ def test_graph_mlp_under_permutations(tmp_path) -> None:
     _same_projection(net, inferred, by_hand)
     task = _Task(net, loss="mse")
     a = torch.randn(8, 4, 4)
-    _fit(task, a, torch.randn(8, 1), tmp_path, group="S4", inputs="graph")
+    _fit(task, a, torch.randn(8, 1), quiet_trainer, group="S4", inputs="graph")
     assert_equivariant(task, a, "S4", "graph")
     perm = torch.tensor([2, 0, 3, 1])
     with torch.no_grad():
@@ -347,7 +337,7 @@ def test_graph_mlp_under_permutations(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("group", "hidden"), [("C2", "regular"), ("D8", "mirror"), ("C8", "trivial")])
-def test_signal_net_under_flips_and_cyclic_shifts(group: str, hidden: str, tmp_path) -> None:
+def test_signal_net_under_flips_and_cyclic_shifts(group: str, hidden: str, quiet_trainer) -> None:
     torch.manual_seed(4)
     net = SignalNet()
     inferred = SymmetrySpec.infer(net, group, inputs="signal")
@@ -360,7 +350,7 @@ def test_signal_net_under_flips_and_cyclic_shifts(group: str, hidden: str, tmp_p
     _same_projection(net, inferred, by_hand)
     task = _Task(net)
     x = torch.randn(8, 1, 8)
-    _fit(task, x, torch.randint(0, 3, (8,)), tmp_path, group=group, inputs="signal")
+    _fit(task, x, torch.randint(0, 3, (8,)), quiet_trainer, group=group, inputs="signal")
     task.eval()
     assert_equivariant(task, x, group, "signal")
     with torch.no_grad():
@@ -382,7 +372,7 @@ def test_pixel_mlp_equals_the_papers_grid_spec() -> None:
     _same_projection(net, inferred, SymmetrySpec("C4").layers(nn.Linear, fields="grid6x6"))
 
 
-def test_flattened_regular_map_into_linear(tmp_path) -> None:
+def test_flattened_regular_map_into_linear(quiet_trainer) -> None:
     torch.manual_seed(5)
     net = DenseOnMap()
     inferred = SymmetrySpec.infer(net, "C4", inputs="image")  # the sides follow from in_features
@@ -390,7 +380,7 @@ def test_flattened_regular_map_into_linear(tmp_path) -> None:
     _same_projection(net, inferred, with_shape)
     task = _Task(net)
     x = torch.randn(8, 1, 6, 6)
-    _fit(task, x, torch.randint(0, 2, (8,)), tmp_path, group="C4", inputs="image")
+    _fit(task, x, torch.randint(0, 2, (8,)), quiet_trainer, group="C4", inputs="image")
     assert_equivariant(task, x, "C4", "image")
     with torch.no_grad():
         torch.testing.assert_close(task(torch.rot90(x, 1, dims=(-2, -1))), task(x), atol=1e-5, rtol=1e-5)
@@ -468,7 +458,7 @@ class _Slicing(nn.Module):
         return self.conv(x)[:, :2].mean((2, 3))
 
 
-class _PositionalEmbedding(nn.Module):
+class PositionalEmbedding(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3, padding=1)
@@ -487,7 +477,7 @@ class _PositionalEmbedding(nn.Module):
          r"\(dimension 4\) do not divide: use 4 or 8 channels"),
         (_Branchy(), r"torch.fx cannot trace _Branchy.forward .*Declare the spec by hand"),
         (_Slicing(), r"op 'getitem' .*indexes or slices a tensor the group moves"),
-        (_PositionalEmbedding(), r"combines the parameter 'pos' with a tensor the group moves: a positional "
+        (PositionalEmbedding(), r"combines the parameter 'pos' with a tensor the group moves: a positional "
          r"embedding"),
         (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)), r"outputs=None asks for an invariant output.*"
          r"outputs='image'"),
@@ -507,7 +497,7 @@ def test_build_callbacks_refuses_an_untraceable_model_at_once() -> None:
         build_callbacks("equi", group="C4", inputs="image", model=_Branchy())
 
 
-def test_build_callbacks_infers_and_a_declared_spec_wins(tmp_path) -> None:
+def test_build_callbacks_infers_and_a_declared_spec_wins(quiet_trainer) -> None:
     from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection
     from lightning_equi.testing import BoringEquiModel, PlainCNNModel
 
@@ -515,16 +505,7 @@ def test_build_callbacks_infers_and_a_declared_spec_wins(tmp_path) -> None:
     assert isinstance(monitor, EquivarianceMonitor) and isinstance(projection, EquivariantProjection)
     assert isinstance(projection.spec, InferredSpec) and monitor.spec is projection.spec
     model = PlainCNNModel()
-    trainer = L.Trainer(
-        max_steps=3,
-        callbacks=[monitor, projection],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model)
+    quiet_trainer([monitor, projection], max_steps=3).fit(model)
     assert projection.projection.within_rounding()
     assert float(monitor.history[-1]["equi/functional_error"]) < 1e-5
     assert_equivariant(model, torch.randn(4, 1, 6, 6), "C4", "image")

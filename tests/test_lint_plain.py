@@ -5,17 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_inference import PositionalEmbedding, _one_thread  # noqa: F401  (tests/ is on the path)
 from torch import Tensor, nn
 
 from lightning_equi.subspace import GridWarning, SymmetrySpec, lint_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _in_E(net: nn.Module, group: str, inputs: str = "image", outputs: object = "image") -> nn.Module:
@@ -99,19 +92,8 @@ def test_padding_mode_under_cyclic_shifts() -> None:
     )
 
 
-class _Positional(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.pos = nn.Parameter(torch.randn(1, 4, 6, 6))
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc((self.conv(x) + self.pos).mean((2, 3)))
-
-
 def test_positional_embedding_is_flagged() -> None:
-    messages = lint_model(_Positional(), "C4", inputs="image", warn=False)
+    messages = lint_model(PositionalEmbedding(), "C4", inputs="image", warn=False)
     assert messages[0].startswith("parameter 'pos' (shape (1, 4, 6, 6)) belongs to no layer")
     assert "the spec cannot be inferred: " in messages[1] and "a positional embedding" in messages[1]
 
