@@ -411,3 +411,16 @@ def test_refusals_name_the_option() -> None:
     so2_space = ParameterSpace(so2, SymmetrySpec("SO2").layer("0", "standard", "standard").bind(so2))
     with pytest.raises(ValueError, match="needs a finite group"):
         FrozenRisk(so2_space, loss, batch, actions, augmentation="orbit")
+
+
+def test_the_readme_example_of_the_core_runs() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("## Is E stable?") :]
+    block = section[section.index("```python\nimport torch") + len("```python\n") :]
+    scope: dict = {}
+    exec(compile(block[: block.index("```")], "README.md", "exec"), scope)  # noqa: S102
+    spectrum = scope["spectrum"]
+    assert spectrum["gamma_crit"] == max(0.0, -spectrum["lambda_min_perp"])
+    assert {"lambda_min/k=1", "lambda_min/k=2"} <= set(spectrum)
