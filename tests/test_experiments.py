@@ -186,6 +186,7 @@ def test_median_curve_is_per_epoch_median():
         {"trajectory": {"distance_from_start": [0, x], "distance_to_E": [0, 10 * x]}} for x in (1.0, 5.0, 2.0)
     ]
     assert median_curve(runs) == ([0.0, 2.0], [0.0, 20.0])
+    assert median_curve(runs[:2]) == ([0.0, 3.0], [0.0, 30.0])  # two runs: the mean of the middle two
 
 
 def test_rerun_skips_finished_runs_and_failures_are_reported(tmp_path):

@@ -269,3 +269,59 @@ def test_optimizers():
     )
     with pytest.raises(ValueError, match="optimizer must be one of"):
         PaperPermNet(optimizer="lbfgs")
+
+
+# --------------------------------------------------------------------------------------------------
+# appendix E.1
+
+
+def test_dimension_table_matches_hand_counts_and_the_projector_trace():
+    """dim E by hand: Maron et al.'s 15 maps per channel pair for S_n on pairs (n >= 4) and 2 invariant ones;
+    a circulant per channel pair on a torus; C4 acts freely on the pixel pairs of an even grid (dim L / 4).
+    And dim E = trace(Pi_E), summed over the basis of L, for a small layer."""
+    from lightning_equi.experiments.studies import dimension_table
+
+    rows = {(r["task"], r["layer"]): r for r in dimension_table(["perm"])}
+    assert rows["perm", "equivariant.weight"]["dim_E"] == 15 * 32
+    assert rows["perm", "invariant.weight"]["dim_E"] == 2 * 32 * 64
+    assert rows["perm", "invariant.weight"]["dim_L"] == 64 * 32 * 100
+    small = {"model": {"size": 6, "channels": [2]}}
+    rot = dimension_table(["rot"], small)
+    assert [(r["dim_E"], r["dim_L"]) for r in rot] == [
+        (2 * 36 * 36 // 4, 2 * 36 * 36),
+        (2 * 2 * 1296 // 4, 4 * 1296),
+    ]
+    trans = dimension_table(["trans"], {"model": {"size": 4, "channels": 2, "pooled": 3}})
+    assert [r["dim_E"] for r in trans] == [2 * 16, 2 * 2 * 16, 3 * 2]
+
+    model = build_model(load_config("rot", small))
+    (first, *_) = model.symmetry_spec().bind(model).parameters
+    basis = torch.eye(first.tensor.numel(), dtype=torch.float64).reshape(-1, *first.tensor.shape)
+    trace = sum(float(first.projector.project(b.float()).double().flatten()[i]) for i, b in enumerate(basis))
+    assert round(trace) == rot[0]["dim_E"]
+
+
+# --------------------------------------------------------------------------------------------------
+# appendix E.2
+
+
+@pytest.mark.parametrize("group", ["T6", "T6x6", "C4"])
+def test_groups_network_is_invariant_after_projection(group):
+    """Each E.2 group: after projecting onto E the Trans network is invariant under the data action,
+    checked against torch.roll / torch.rot90 directly."""
+    from lightning_equi.experiments.models import PaperGroupsNet, RowShiftAction
+    from lightning_equi.subspace import equivariant_init_
+
+    torch.manual_seed(0)
+    net = PaperGroupsNet(group=group, size=6, channels=2, pooled=3).eval()
+    equivariant_init_(net)
+    x = torch.rand(4, 1, 6, 6)
+    moved = {"T6": torch.roll(x, 2, dims=-1), "T6x6": torch.roll(x, (1, 3), dims=(-2, -1))}
+    moved["C4"] = torch.rot90(x, 1, dims=(-2, -1))
+    with torch.no_grad():
+        torch.testing.assert_close(net(moved[group]), net(x), rtol=1e-4, atol=1e-6)
+    if group == "T6":
+        act = RowShiftAction(6)
+        torch.testing.assert_close(act(torch.tensor([[2]] * 4), x), moved["T6"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="group must be one of"):
+        PaperGroupsNet(group="D4", size=6)

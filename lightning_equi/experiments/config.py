@@ -89,7 +89,7 @@ def builtin_names() -> list[str]:
 
     Example:
         >>> sorted(builtin_names())
-        ['perm', 'perm_project', 'rot', 'rot_project', 'trans', 'trans_project']
+        ['groups', 'perm', 'perm_project', 'rot', 'rot_project', 'trans', 'trans_project']
     """
     return [p.stem for p in _configs_folder().glob("*.yaml")]
 

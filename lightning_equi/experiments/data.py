@@ -350,7 +350,8 @@ def build_dataset(task: str, variant: str = "paper", **options) -> TensorDataset
     - ``"perm"``: :func:`two_block_graphs` (both variants: the paper's stochastic block model);
     - ``"trans"``: :func:`load_mnist` when ``mnist_root`` is given, else :func:`digits` (``paper``: resized
       to ``size``, default 14, as the paper's 14 x 14 MNIST; ``project``: 8 x 8);
-    - ``"rot"``: :func:`paper_shapes` (``paper``) or :func:`shapes` (``project``).
+    - ``"rot"``: :func:`paper_shapes` (``paper``) or :func:`shapes` (``project``);
+    - ``"groups"`` (appendix E.2): as ``"trans"``.
 
     Raises:
         ValueError: for an unknown task or variant.
@@ -363,7 +364,7 @@ def build_dataset(task: str, variant: str = "paper", **options) -> TensorDataset
         raise ValueError(f"unknown variant {variant!r}; choose 'paper' or 'project'")
     if task == "perm":
         return TensorDataset(*two_block_graphs(**options))
-    if task == "trans":
+    if task in ("trans", "groups"):
         root = options.pop("mnist_root", None)
         if root:
             return TensorDataset(*load_mnist(root, **options))
@@ -372,4 +373,4 @@ def build_dataset(task: str, variant: str = "paper", **options) -> TensorDataset
         return TensorDataset(*digits(**options))
     if task == "rot":
         return TensorDataset(*(paper_shapes(**options) if variant == "paper" else shapes(**options)))
-    raise ValueError(f"unknown task {task!r}; choose one of 'perm', 'trans', 'rot'")
+    raise ValueError(f"unknown task {task!r}; choose one of 'perm', 'trans', 'rot', 'groups'")

@@ -66,7 +66,8 @@ def median_curve(runs: Sequence[dict], x: str = "distance_from_start", y: str = 
     epochs = min(len(r["trajectory"][x]) for r in runs)
     xs = torch.tensor([r["trajectory"][x][:epochs] for r in runs], dtype=torch.float64)
     ys = torch.tensor([r["trajectory"][y][:epochs] for r in runs], dtype=torch.float64)
-    return xs.median(dim=0).values.tolist(), ys.median(dim=0).values.tolist()
+    # quantile, not Tensor.median: with an even number of runs the mean of the middle two, not the lower one
+    return torch.quantile(xs, 0.5, dim=0).tolist(), torch.quantile(ys, 0.5, dim=0).tolist()
 
 
 def plot_comparison(runs: Sequence[dict], path: str | Path, title: str = "") -> Path:

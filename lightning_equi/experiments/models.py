@@ -44,6 +44,8 @@ __all__ = [
     "PaperPermNet",
     "PaperTransNet",
     "PaperRotNet",
+    "PaperGroupsNet",
+    "RowShiftAction",
     "VARIANTS",
     "NETWORKS",
     "TASKS",
@@ -436,6 +438,73 @@ class PaperRotNet(RotNet):
         return ((outputs > 0.5).float() == targets).float().mean()
 
 
+class RowShiftAction(Action):
+    """Cyclic shifts of the last axis of a batch ``(B, ..., n)`` by ``T<n>`` (the paper's *OneDTrans*: images
+    ``(B, 1, H, n)`` shifted along x), through :class:`~lightning_equi.actions.ImageAction` on ``(B, -1, n)``.
+
+    Example:
+        >>> x = torch.arange(6.0).reshape(1, 1, 2, 3)
+        >>> RowShiftAction(3)(torch.tensor([[1]]), x).tolist()
+        [[[[2.0, 0.0, 1.0], [5.0, 3.0, 4.0]]]]
+    """
+
+    def __init__(self, n: int) -> None:
+        self.inner = ImageAction(f"T{n}")
+        self.group, self.n = self.inner.group, n
+
+    def apply(self, g: Tensor, x: Tensor) -> Tensor:
+        return self.inner.apply(g, x.reshape(x.shape[0], -1, self.n)).reshape(x.shape)
+
+
+class PaperGroupsNet(PaperTransNet):
+    """Appendix E.2: the Trans network and data with another group acting on the 14 x 14 images.
+
+    ``group``: ``"T<n>x<n>"`` (*Trans*: translations of the torus), ``"T<n>"`` (*OneDTrans*: translations
+    along x; every image row is a regular field), ``"C4"`` (*Rot*: quarter turns of the pixel grid). The
+    paper's fourth group, *TransRot* (translations and quarter turns), is not a group of this package and is
+    not offered. Args otherwise as for :class:`PaperTransNet`.
+
+    Example:
+        >>> net = PaperGroupsNet(group="T6", size=6, channels=2, pooled=3)
+        >>> [e.projector.dim for e in net.symmetry_spec().bind(net).parameters]  # 6 x 12 and 12 x 12 row
+        [432, 864, 36]
+
+    (field pairs, a 6-dimensional circulant each; then 12 x 3 means.)
+    """
+
+    def __init__(
+        self,
+        group: str = "T14x14",
+        size: int = 14,
+        channels: int = 32,
+        pooled: int = 32,
+        classes: int = 10,
+        lr: float = 1e-5,
+        optimizer: str = "sgd",
+    ):
+        super().__init__(size, channels, pooled, classes, lr, optimizer)
+        valid = (f"T{size}x{size}", f"T{size}", "C4")
+        if group not in valid:
+            raise ValueError(f"group must be one of {valid} for size {size}, got {group!r}")
+        self.group = group
+
+    def symmetry_spec(self) -> SymmetrySpec:
+        group = get_group(self.group)
+        fields = grid_representation(group, (self.hparams["size"],) * 2) if self.group == "C4" else "regular"
+        return (
+            SymmetrySpec(group)
+            .layer(self.equivariant1, fields, fields)
+            .layer(self.equivariant2, fields, fields)
+            .layer(self.invariant, fields, "trivial")
+            .free(self.norm, self.head)
+        )
+
+    def data_actions(self) -> list[Action | None]:
+        if self.group == f"T{self.hparams['size']}":
+            return [RowShiftAction(self.hparams["size"]), None]
+        return [ImageAction(self.group), None]
+
+
 #: the network variants: ``paper`` (the paper's v1 code) and ``project`` (this project's)
 VARIANTS = ("paper", "project")
 
@@ -444,6 +513,7 @@ NETWORKS: dict[tuple[str, str], type[SymmetricTask]] = {
     ("paper", "perm"): PaperPermNet,
     ("paper", "trans"): PaperTransNet,
     ("paper", "rot"): PaperRotNet,
+    ("paper", "groups"): PaperGroupsNet,
     ("project", "perm"): PermNet,
     ("project", "trans"): TransNet,
     ("project", "rot"): RotNet,
