@@ -39,6 +39,7 @@ __all__ = [
     "dimension_table",
     "groups_study",
     "practical_study",
+    "plot_ratios",
     "ratio_row",
     "main",
 ]
@@ -231,7 +232,7 @@ def practical_study(
     for name, setting in settings.items():
         config = load_config(task, merge_config(base, {"name": f"{task}_{name}", **setting}))
         outcome = run_comparison(config, echo=echo)
-        row = ratio_row(name, outcome, outcome)
+        row = {"task": task, **ratio_row(name, outcome, outcome)}
         for key in ("optimizer", "lr", "batch_size", "aug_passes", "epochs"):
             row[key] = config[key]
         row["final_loss_nom"] = _median(_final(outcome, "nom", "loss"))
@@ -239,6 +240,38 @@ def practical_study(
         rows.append(row)
     _write_rows(rows, out_dir / "table")
     return rows
+
+
+def plot_ratios(rows: Sequence[dict], path: str | Path, references: dict[str, float] | None = None) -> Path:
+    """Bars of nom / aug (final distance to E) per setting, one group of bars per task; ``references``
+    (task -> ratio) are drawn as dashed lines (the full-batch protocol's ratio)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 4.2), constrained_layout=True)
+    width = 0.8 / len(tasks)
+    colours = ["tab:blue", "tab:orange", "tab:green"]
+    for k, task in enumerate(tasks):
+        values = {r["setting"]: r["nom_over_aug"] for r in rows if r["task"] == task}
+        xs = [i + k * width for i in range(len(settings))]
+        ax.bar(xs, [values.get(s, math.nan) for s in settings], width, label=task, color=colours[k % 3])
+        if references and task in references:
+            ax.axhline(references[task], color=colours[k % 3], ls="--", lw=1,
+                       label=f"{task}, full-batch protocol: {references[task]:.0f}")  # fmt: skip
+    ax.axhline(1, color="black", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks([i + width * (len(tasks) - 1) / 2 for i in range(len(settings))], settings, rotation=15)
+    ax.set_ylabel("nom / aug: final distance to E")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,18 +314,22 @@ PRACTICAL = {
 
 def groups_study(out_dir: str | Path, groups: Sequence[str], overrides: dict, echo=print) -> list[dict]:
     """Appendix E.2: nom and aug of the Trans network under each group; ratio and ``dim E / dim L``."""
-    rows = []
-    for group in groups:
+    rows, curves, styles = [], {}, {}
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    for k, group in enumerate(groups):
         setting = merge_config(overrides, {"model": {"group": group}, "name": f"groups_{group}"})
-        config = load_config(
-            "groups", merge_config({"out_dir": str(out_dir), "progress_bar": False}, setting)
-        )
+        common = {"out_dir": str(out_dir), "progress_bar": False}
+        config = load_config("groups", merge_config(common, setting))
         outcome = run_comparison(config, echo=echo)
         row = ratio_row(group, outcome, outcome)
         dims = dimension_table(["groups"], {"model": config["model"]})
         row["dim_E_over_dim_L"] = sum(r["dim_E"] for r in dims) / sum(r["dim_L"] for r in dims)
         rows.append(row)
+        for mode, style in (("nom", ":"), ("aug", "--")):
+            curves[f"{mode} {group}"] = _runs(outcome, mode)
+            styles[f"{mode} {group}"] = {"color": colours[k % 4], "linestyle": style}
     _write_rows(rows, Path(out_dir) / "table")
+    _plot(curves, styles, Path(out_dir) / "figure.png", "E.2: the Trans network under each group")
     return rows
 
 
@@ -301,7 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightning_equi.experiments.studies")
     parser.add_argument("study", choices=["sampler", "dims", "trans", "groups", "practical"])
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="TASK=RATIO",
+        help="practical: the full-batch protocol's nom / aug ratio of a task, drawn as a line",
+    )
     args = parser.parse_args(argv)
+    args.references = {k: float(v) for k, _, v in (r.partition("=") for r in args.reference)}
     out = Path(args.out)
     if args.study == "sampler":
         outcome = sampler_study(out, "rot", ROT_REDUCED)
@@ -323,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows += practical_study(out / "rot", "rot", {k: {"minibatch": v} for k, v in PRACTICAL.items()}, rot)
         _write_rows(rows, out / "table")
+        plot_ratios(rows, out / "figure.png", args.references)
         print(json.dumps(rows, indent=1))
     return 0
 
