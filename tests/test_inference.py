@@ -480,7 +480,7 @@ class PositionalEmbedding(nn.Module):
         (PositionalEmbedding(), r"combines the parameter 'pos' with a tensor the group moves: a positional "
          r"embedding"),
         (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)), r"outputs=None asks for an invariant output.*"
-         r"outputs='image'"),
+         r"pass outputs= the action on the output \('image' for a map"),
         (nn.Sequential(nn.Conv2d(1, 4, 3), nn.LSTM(4, 4)), r"layer '1' \(LSTM\): inference does not know how "
          r"LSTM acts on fields"),
     ],
@@ -547,3 +547,26 @@ def test_the_readme_example_of_inference_runs_and_prints_what_it_says() -> None:
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102  (asserts the rot90 invariance itself)
     printed = "\n".join(line[2:] for line in block.splitlines() if line.startswith("# "))
     assert scope["spec"].declarations() == printed
+
+
+def test_zero_line_training_resumes_exactly(quiet_trainer, tmp_path) -> None:
+    from lightning_equi.testing import PlainCNNModel
+
+    # stopped by max_epochs (a run stopped by max_steps at an epoch's end resumes with a restarted epoch
+    # in Lightning 2.6, with or without these callbacks: see tests/test_callbacks.py)
+    def run(epochs: int, ckpt: str | None = None) -> tuple[PlainCNNModel, L.Trainer]:
+        L.seed_everything(0, verbose=False)
+        model = PlainCNNModel(optimizer="adam", lr=0.01)
+        trainer = quiet_trainer(
+            build_callbacks("equi", group="C4", inputs="image"), max_steps=-1, max_epochs=epochs
+        )
+        trainer.fit(model, ckpt_path=ckpt)
+        return model, trainer
+
+    whole, _ = run(3)
+    _, first = run(2)
+    first.save_checkpoint(tmp_path / "half.ckpt")
+    resumed, trainer = run(3, ckpt=str(tmp_path / "half.ckpt"))
+    assert trainer.global_step == 12
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), f"{name} differs after resuming"

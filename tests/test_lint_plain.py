@@ -123,3 +123,38 @@ def test_sequential_without_an_input_type_does_not_crash() -> None:
     assert lint_model(net, "D4", (3, 8, 8), warn=False) == []
     with pytest.warns(GridWarning, match=r"D4 at input \(3, 9, 9\):\n  layer '1' \(MaxPool2d"):
         lint_model(net, "D4", torch.zeros(2, 3, 9, 9))
+
+
+@pytest.mark.parametrize(("upsample", "flagged"), [
+    (nn.Upsample(scale_factor=1.5), True),
+    (nn.Upsample(scale_factor=2), False),
+    (nn.Upsample(scale_factor=1.5, mode="bilinear"), False),
+])  # fmt: skip
+def test_nearest_upsampling_by_a_fraction_is_flagged_and_breaks_mirrors(
+    upsample: nn.Module, flagged: bool
+) -> None:
+    net = nn.Sequential(upsample).double()
+    messages = lint_model(net, "D4", (1, 4, 4), warn=False)
+    assert bool(messages) == flagged
+    if flagged:
+        assert messages[0].startswith(
+            "layer '0' (Upsample): nearest resizing by a factor that is not an integer"
+        )
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        error = float((net(x.flip(-1)) - net(x).flip(-1)).abs().max())
+        error = max(error, _turn_error(net, x))
+    assert (error > 1e-3) == flagged
+
+
+def test_an_ambiguous_set_shape_is_refused_and_an_example_input_settles_it() -> None:
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    with pytest.raises(ValueError, match=r"layer '0' .*in_features == n == 4: the input may be \(B, 4\)"):
+        SymmetrySpec.infer(net, "S4", inputs="set")
+    assert "'standard', 'standard'" in SymmetrySpec.infer(net, "S4", "set", example_input=(4,)).declarations()
+    per_element = SymmetrySpec.infer(net, "S4", "set", outputs="set", example_input=(4, 4))
+    assert "'trivial', 'trivial'" in per_element.declarations()  # per-element layers: nothing to constrain
+    with pytest.raises(
+        ValueError, match=r"outputs=None asks for an invariant output.*'set' for one output per"
+    ):
+        SymmetrySpec.infer(net, "S4", "set", example_input=(4, 4))

@@ -303,7 +303,8 @@ def _input_value(inputs: Any, group: Group, example: Tensor | None) -> _Value:
     if kind == "set":
         if rank == 1:  # (B, n): one number per element, the standard representation
             return _Value(("c",), _Fields((("standard", 1),)), (group.n,))
-        return _Value(("e", "c"), _Fields((("trivial", None),)), _sizes(example, 2))
+        features = None if example is None else int(example.shape[-1])  # known: no ambiguity left
+        return _Value(("e", "c"), _Fields((("trivial", features),)), _sizes(example, 2))
     if kind == "graph":
         if rank == 3:
             return _Value(("e", "e", "c"), _Fields((("trivial", None),)), _sizes(example, 3))
@@ -695,6 +696,14 @@ def _layer(name: str, module: nn.Module, x: _Value, state: _State, node: fx.Node
             )
         if x.flat_of is not None:
             x = _resolve_flat(x, c_in, state, where)
+        if x.axes == ("e", "c") and x.fiber.parts == (("trivial", None),) and c_in == spec.group.n:
+            # the raw input of unknown shape: a set (B, n, d) with d == n features, or a (B, n) vector
+            raise _Unsupported(
+                f"reads a set whose shape is unknown, and in_features == n == {c_in}: the input may be "
+                f"(B, {c_in}) (one number per element: 'standard' fields) or (B, {c_in}, {c_in}) ({c_in} "
+                "invariant features per element); pass example_input= (its shape), or set the "
+                "LightningModule's example_input_array"
+            )
         axes = x.axes
     else:
         k = len(module.kernel_size)
@@ -1158,7 +1167,8 @@ def _check_output(result: Any, env: dict, state: _State, kind: str | None, outpu
             raise ValueError(
                 "infer_spec: outputs=None asks for an invariant output, but the model returns a tensor "
                 f"whose axes are {_show_axes(value)} with fields {fiber.describe() if fiber else '-'}: pass "
-                "outputs='image' (or the action on the output) for a map that moves with the input, or end "
+                "outputs= the action on the output ('image' for a map that moves with the input, 'set' "
+                "for one output per element), or end "
                 "the model with a pooled layer (nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear)"
             )
         return
@@ -1168,6 +1178,11 @@ def _check_output(result: Any, env: dict, state: _State, kind: str | None, outpu
         and all(_key(f).startswith("grid") for f, _ in value.fiber.parts)
     ):
         return  # the flattened pixels of an image (the paper's dense layers)
+    if kind == "set" and value.axes[:1] != ("e",):
+        raise ValueError(
+            f"infer_spec: outputs={outputs!r} asks for one output per element of the set, but the model "
+            f"returns a tensor whose axes are {_show_axes(value)}; pass outputs=None for an invariant output"
+        )
     want = {"image": 2, "signal": 1}.get(kind)
     if want is not None and len(_grid_axes(value)) != want:
         raise ValueError(

@@ -24,6 +24,8 @@ size, what breaks equivariance at every size, read from the layers themselves:
 * ``padding_mode`` on a group that shifts a cyclic grid (C_N, D_N, T<N> on 1-D signals, a torus on
   images): only ``"circular"`` commutes with the shifts (zeros, reflect and replicate are symmetric, so
   they are fine under rotations and mirrors alone), and 1-d strides or off-centre windows under mirrors;
+* ``nn.Upsample(mode="nearest")`` by a factor that is not an integer (or to a given ``size``): some
+  samples are repeated more than others, off-centre (integer factors and bilinear resizing are exact);
 * parameters outside any layer (a positional embedding added to the features): the group moves the
   features, not the parameter;
 * with :func:`~lightning_equi.subspace.infer_spec`, pointwise nonlinearities on fields that are not
@@ -316,6 +318,14 @@ def _static(model: nn.Module, group: Group) -> list[str]:
                     f"{where}: stride {stride} keeps one sample in {stride}, which does not commute with "
                     f"every shift of {group.name}'s cyclic grid: pool globally (nn.AdaptiveAvgPool1d(1)) "
                     "instead"
+                )
+        if isinstance(m, nn.Upsample) and m.mode == "nearest" and placement is not None:
+            factors = m.scale_factor if isinstance(m.scale_factor, tuple) else (m.scale_factor,)
+            if m.size is not None or any(f is None or float(f) != int(f) for f in factors):
+                out.append(
+                    f"{where}: nearest resizing by a factor that is not an integer (scale_factor="
+                    f"{m.scale_factor}, size={m.size}) repeats some samples more than others, off-centre: "
+                    "use an integer scale_factor, or mode='bilinear' (symmetric at any size)"
                 )
         if isinstance(m, nn.Embedding) or not isinstance(m, (*LAYERS, *NORMS)):
             for pname, p in m.named_parameters(recurse=False):
