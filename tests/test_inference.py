@@ -449,6 +449,16 @@ class _Branchy(nn.Module):
         return x
 
 
+class _TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = self.conv(x)
+        return y, y.mean((2, 3))
+
+
 class _Slicing(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -477,6 +487,7 @@ class PositionalEmbedding(nn.Module):
          r"\(dimension 4\) do not divide: use 4 or 8 channels"),
         (_Branchy(), r"torch.fx cannot trace _Branchy.forward .*Declare the spec by hand"),
         (_Slicing(), r"op 'getitem' .*indexes or slices a tensor the group moves"),
+        (_TwoOutputs(), r"the model returns a tuple; inference follows a model with one output tensor"),
         (PositionalEmbedding(), r"combines the parameter 'pos' with a tensor the group moves: a positional "
          r"embedding"),
         (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)), r"outputs=None asks for an invariant output.*"

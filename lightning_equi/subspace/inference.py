@@ -1158,6 +1158,11 @@ def _getitem(x: Any, node: fx.Node) -> Any:
 
 def _check_output(result: Any, env: dict, state: _State, kind: str | None, outputs: Any) -> None:
     value = _arg(env, result)
+    if isinstance(value, (tuple, list, dict)):
+        raise ValueError(
+            f"infer_spec: the model returns a {type(value).__name__}; inference follows a model with one "
+            "output tensor: declare the spec by hand (the monitor takes one output action per entry)"
+        )
     if not _moved(value):
         raise ValueError("infer_spec: the model's output does not depend on its input")
     if kind is None:
