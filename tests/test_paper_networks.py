@@ -350,7 +350,7 @@ def test_sampler_study_paper_draws_make_aug_drift_like_nom(tmp_path):
         row = rows[f"aug sampler {sampler}"]
         assert row["nom_over_aug"] == pytest.approx(final(sampler, "nom") / final(sampler, "aug"))
     # measured: 8.6 (haar) and 1.3 (paper)
-    assert rows["aug sampler paper"]["nom_over_aug"] < 2 < 3 * 2 < rows["aug sampler haar"]["nom_over_aug"]
+    assert rows["aug sampler paper"]["nom_over_aug"] < 2 and rows["aug sampler haar"]["nom_over_aug"] > 6
     assert outcome["figure"].exists() and outcome["table"].exists()
 
 
