@@ -304,3 +304,14 @@ def test_schedules_refuse_bad_arguments():
         make_schedule({"kind": "warmup", "gamma": 1.0, "step": 3})
     with pytest.raises(ValueError, match="a schedule's step must be an int >= 0, got -1"):
         Constant(1.0)(-1)
+
+
+def test_frozen_parameters_are_left_bit_for_bit_by_both_forms():
+    net, projection = _net()
+    net[0].weight.requires_grad_(False)
+    frozen = net[0].weight.detach().clone()
+    penalty = EquivariancePenalty(projection, gamma=5.0)
+    penalty.add_gradient_(0)
+    values = penalty.proximal_step_(0, lr=0.1)
+    assert net[0].weight.grad is None and torch.equal(net[0].weight, frozen)
+    assert "0.weight" not in values and "2.weight" in values

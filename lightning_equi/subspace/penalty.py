@@ -303,15 +303,15 @@ class EquivariancePenalty:
             only: ``id`` of the parameters to act on; ``None``: all of them.
 
         Returns:
-            parameter name -> the penalty after the step (parameters with ``gamma_k = 0`` left out and
-            left bit for bit).
+            parameter name -> the penalty after the step (parameters with ``gamma_k = 0`` or ``lr_k = 0``
+            and frozen ones, ``requires_grad=False``, left out and left bit for bit).
         """
         gammas = self.gammas(step)
         out: dict[str, Tensor] = {}
         for e in self._selected(only):
             gamma = gammas[e.name]
             eta = float(lr[e.name] if isinstance(lr, Mapping) else lr)
-            if gamma and eta:
+            if gamma and eta and e.tensor.requires_grad:  # frozen: a loss term would not move it either
                 out[e.name] = proximal_update_(e.tensor, e.projector, gamma, eta)
         return out
 
