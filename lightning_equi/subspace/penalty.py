@@ -47,6 +47,7 @@ from torch import Tensor
 
 from lightning_equi.schedules import Constant, check_gamma
 from lightning_equi.subspace.base import Projector
+from lightning_equi.subspace.batched import BatchedProjection
 from lightning_equi.subspace.projection import ModelProjection, ProjectedTensor
 
 __all__ = [
@@ -177,6 +178,7 @@ class EquivariancePenalty:
         self.gamma = gamma
         self.entries: list[ProjectedTensor] = projection.parameters
         self._providers: dict[str, Callable[[int], float]] = self._resolve(gamma)
+        self._batched = BatchedProjection([e.projector for e in self.entries])
         #: parameter name -> gamma of the last evaluation (:meth:`gammas`), for logging without asking a
         #: stateful provider twice
         self.last_gammas: dict[str, float] = {}
@@ -243,12 +245,6 @@ class EquivariancePenalty:
         self.last_gammas = out
         return out
 
-    def _selected(self, only: Iterable[int] | None) -> list[ProjectedTensor]:
-        if only is None:
-            return self.entries
-        ids = set(only)
-        return [e for e in self.entries if id(e.tensor) in ids]
-
     # ---- value, gradient, steps ------------------------------------------------------------------------
 
     def value(self, step: int = 0) -> Tensor:
@@ -264,6 +260,32 @@ class EquivariancePenalty:
         gammas = self.gammas(step, allow_inf=False)
         return {e.name: penalty_gradient(e.tensor, e.projector, gammas[e.name]) for e in self.entries}
 
+    def _split(self, chosen: list[int]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """``(A_k, Pi_E A_k, Pi_perp A_k)`` of the entries at ``chosen``, all of them in a fixed number of
+        kernels: one multi-tensor copy, the batched projection (one flat buffer per dtype for the orbit
+        means: :class:`~lightning_equi.subspace.batched.BatchedProjection`), one multi-tensor subtraction."""
+        weights = [self.entries[i].tensor.detach() for i in chosen]
+        inside = torch._foreach_mul(weights, 1.0)  # copies, projected in place below
+        slots: list[Tensor | None] = [None] * len(self.entries)
+        for i, t in zip(chosen, inside, strict=True):
+            slots[i] = t
+        self._batched.project_(slots)
+        return weights, inside, torch._foreach_sub(weights, inside)
+
+    @staticmethod
+    def _halves(perp: list[Tensor], coefficients: list[float]) -> list[Tensor]:
+        """``c_k ||perp_k||^2`` as float64 scalars (one norm kernel for all, then one of each kind)."""
+        norms = torch._foreach_norm(perp)
+        device = norms[0].device
+        stacked = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
+        values = torch.tensor(coefficients, dtype=torch.float64, device=device) * stacked.square()
+        return list(values.unbind())
+
+    def _chosen(self, only: Iterable[int] | None, keep: Callable[[ProjectedTensor], bool]) -> list[int]:
+        ids = None if only is None else set(only)
+        return [i for i, e in enumerate(self.entries) if (ids is None or id(e.tensor) in ids) and keep(e)]
+
+    @torch.no_grad()
     def add_gradient_(
         self, step: int, scale: float = 1.0, only: Iterable[int] | None = None
     ) -> dict[str, Tensor]:
@@ -275,23 +297,27 @@ class EquivariancePenalty:
             only: ``id`` of the parameters to act on (those of one optimizer); ``None``: all of them.
 
         A parameter whose ``gamma_k`` is 0 is not touched (its gradient stays bit for bit); one without
-        a gradient gets the penalty's gradient as its ``.grad`` unless it is frozen.
+        a gradient gets the penalty's gradient as its ``.grad`` unless it is frozen. All parameters
+        together take a fixed number of kernels (see :meth:`_split`), not a few per tensor.
         """
         gammas = self.gammas(step, allow_inf=False)
-        out: dict[str, Tensor] = {}
-        with torch.no_grad():
-            for e in self._selected(only):
-                gamma, w = gammas[e.name], e.tensor
-                if not gamma or not w.requires_grad:
-                    continue
-                perp = w - e.projector.project(w)
-                out[e.name] = 0.5 * gamma * _squared_norm(perp)
-                if w.grad is None:
-                    w.grad = perp.mul_(gamma * scale)
-                else:
-                    w.grad.add_(perp, alpha=gamma * scale)
-        return out
+        chosen = self._chosen(only, lambda e: bool(gammas[e.name]) and e.tensor.requires_grad)
+        if not chosen:
+            return {}
+        names = [self.entries[i].name for i in chosen]
+        _, _, perp = self._split(chosen)
+        values = self._halves(perp, [0.5 * gammas[n] for n in names])
+        torch._foreach_mul_(perp, [gammas[n] * scale for n in names])
+        params = [self.entries[i].tensor for i in chosen]
+        have = [j for j, p in enumerate(params) if p.grad is not None]
+        if have:
+            torch._foreach_add_([params[j].grad for j in have], [perp[j] for j in have])
+        for j, p in enumerate(params):
+            if p.grad is None:
+                p.grad = perp[j]
+        return dict(zip(names, values, strict=True))
 
+    @torch.no_grad()
     def proximal_step_(
         self, step: int, lr: float | Mapping[str, float], only: Iterable[int] | None = None
     ) -> dict[str, Tensor]:
@@ -307,13 +333,30 @@ class EquivariancePenalty:
             and frozen ones, ``requires_grad=False``, left out and left bit for bit).
         """
         gammas = self.gammas(step)
-        out: dict[str, Tensor] = {}
-        for e in self._selected(only):
-            gamma = gammas[e.name]
-            eta = float(lr[e.name] if isinstance(lr, Mapping) else lr)
-            if gamma and eta and e.tensor.requires_grad:  # frozen: a loss term would not move it either
-                out[e.name] = proximal_update_(e.tensor, e.projector, gamma, eta)
-        return out
+
+        def eta(e: ProjectedTensor) -> float:
+            return float(lr[e.name] if isinstance(lr, Mapping) else lr)
+
+        # frozen parameters: a loss term would not move them either
+        chosen = self._chosen(
+            only, lambda e: bool(gammas[e.name]) and bool(eta(e)) and e.tensor.requires_grad
+        )
+        if not chosen:
+            return {}
+        names = [self.entries[i].name for i in chosen]
+        factors = [
+            proximal_factor(gammas[n], eta(self.entries[i])) for n, i in zip(names, chosen, strict=True)
+        ]
+        weights, inside, perp = self._split(chosen)
+        # the penalty after the step, gamma/2 ||f Pi_perp A||^2 (0 in E, at gamma = inf)
+        coefficients = [
+            0.0 if f == 0.0 else 0.5 * gammas[n] * f * f for n, f in zip(names, factors, strict=True)
+        ]
+        values = self._halves(perp, coefficients)
+        torch._foreach_mul_(perp, factors)
+        torch._foreach_add_(inside, perp)  # Pi_E A + f Pi_perp A; at f = 0 this is Pi_E A to the bit
+        torch._foreach_copy_(weights, inside)
+        return dict(zip(names, values, strict=True))
 
     # ---- checkpoints -----------------------------------------------------------------------------------
 
