@@ -26,7 +26,11 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_fsdp2 import data, small_cnn, spec  # noqa: E402
 
-from lightning_equi.callbacks import EquivarianceMonitor, EquivariantProjection, HaarAugmentation  # noqa: E402
+from lightning_equi.callbacks import (  # noqa: E402
+    EquivarianceMonitor,
+    EquivariantProjection,
+    HaarAugmentation,
+)
 
 STEPS = 3
 

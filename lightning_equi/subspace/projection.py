@@ -229,21 +229,54 @@ class ModelProjection:
 
     # ---- measuring on shards ------------------------------------------------------------------------
 
-    def _piece(self, i: int, tensor: Tensor) -> tuple[Tensor, Projector, Any]:
-        """``(what to measure, its projector, the process group of a sum over ranks or None)`` for the
-        tensor of entry ``i``: itself; the local shard of a DTensor that holds whole orbits (summed over
-        the ranks of its mesh); the gathered tensor of any other DTensor (the same on every rank)."""
+    def shard_view(self, i: int, tensor: Tensor) -> tuple[Tensor, Projector, Any] | None:
+        """``(local tensor, its projector, process group)`` for a tensor of entry ``i`` (the entry's
+        tensor, its gradient, a difference of them): the tensor itself, its projector and ``None``
+        for a plain tensor; this rank's shard, the projector of the shard and the group whose sum
+        completes a norm for a DTensor whose shard holds whole orbits; ``None`` for any other DTensor,
+        which must be gathered. Elementwise work on the local tensor needs no communication.
+
+        Example:
+            >>> from lightning_equi.subspace import SymmetrySpec
+            >>> net = nn.Sequential(nn.Linear(2, 2))
+            >>> proj = SymmetrySpec("C2").layer("0", "regular", "regular").bind(net)
+            >>> local, projector, group = proj.shard_view(0, proj.entries[0].tensor)
+            >>> local is proj.entries[0].tensor, projector is proj.entries[0].projector, group
+            (True, True, None)
+        """
         if not S.is_dtensor(tensor):
             return tensor, self.entries[i].projector, None
         layout = S.shard_layout(tensor)
         tables = None if layout is None else self._local_tables(i, layout)
         if tables is None:
-            return tensor.full_tensor(), self.entries[i].projector, None
+            return None
         key = ("projector", i, layout)
         if key not in self._tables_cache:
             self._tables_cache[key] = tables.projector()  # type: ignore[index]
         group = tensor.device_mesh.get_group() if layout.partial else None  # type: ignore[union-attr]
         return tensor.to_local(), self._tables_cache[key], group  # type: ignore[index, return-value]
+
+    def _piece(self, i: int, tensor: Tensor) -> tuple[Tensor, Projector, Any]:
+        """:meth:`shard_view`, with the gathered tensor (the same on every rank) for a DTensor that
+        has no view of its own."""
+        view = self.shard_view(i, tensor)
+        return (tensor.full_tensor(), self.entries[i].projector, None) if view is None else view
+
+    @staticmethod
+    def sum_over_ranks(values: Sequence[Tensor], groups: Sequence[Any]) -> list[Tensor]:
+        """``values`` (scalars), those with a process group summed over its ranks: one all-reduce per
+        group, none when every group is ``None``."""
+        out = list(values)
+        members: dict[Any, list[int]] = {}
+        for k, group in enumerate(groups):
+            if group is not None:
+                members.setdefault(group, []).append(k)
+        for group, ks in members.items():
+            flat = torch.stack([out[k].reshape(()) for k in ks])
+            torch.distributed.all_reduce(flat, group=group)
+            for k, value in zip(ks, flat.unbind(0), strict=True):
+                out[k] = value
+        return out
 
     def _measure(
         self,
@@ -257,18 +290,20 @@ class ModelProjection:
         not ``roots``). Every rank must call it when a tensor is sharded; a model without DTensors
         communicates nothing."""
         measures = [measure] * len(items) if callable(measure) else list(measure)
-        rows: list[list[Tensor]] = []
-        groups: dict[Any, list[int]] = {}
-        for row, ((i, tensor), fn) in enumerate(zip(items, measures, strict=True)):
+        values: list[Tensor] = []
+        groups: list[Any] = []
+        lengths: list[int] = []
+        for (i, tensor), fn in zip(items, measures, strict=True):
             piece, projector, group = self._piece(i, tensor)
-            rows.append(fn(piece, projector))
-            if group is not None:
-                groups.setdefault(group, []).append(row)
-        for group, members in groups.items():
-            flat = torch.cat([torch.stack(rows[r]) for r in members])
-            torch.distributed.all_reduce(flat, group=group)  # one reduction for all the sharded values
-            for r, values in zip(members, flat.split([len(rows[r]) for r in members]), strict=True):
-                rows[r] = list(values.unbind(0))
+            row = fn(piece, projector)
+            values += row
+            groups += [group] * len(row)
+            lengths.append(len(row))
+        flat = self.sum_over_ranks(values, groups)  # one reduction for all the sharded values
+        rows, k = [], 0
+        for n in lengths:
+            rows.append(flat[k : k + n])
+            k += n
         return [[v.clamp_min(0).sqrt() for v in row] for row in rows] if roots else rows
 
     # ---- distances --------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ __all__ = [
     "gather_project_",
     "local_part",
     "distribute_like",
+    "from_local_like",
     "check_shard_placement",
     "shard_placement_fn",
 ]
@@ -163,6 +164,15 @@ def distribute_like(full: Tensor, like: Tensor) -> Tensor:
         run_check=False,
         shape=like.shape,
         stride=like.stride(),
+    )
+
+
+def from_local_like(local: Tensor, like: Tensor) -> Tensor:
+    """A DTensor laid out as ``like`` whose local tensor on this rank is ``local`` (no communication)."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        local, like.device_mesh, like.placements, run_check=False, shape=like.shape, stride=like.stride()
     )
 
 
