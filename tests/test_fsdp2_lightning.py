@@ -108,6 +108,10 @@ def _weights(model: Net) -> dict[str, torch.Tensor]:
     }
 
 
+def _full_tensor(t: torch.Tensor) -> torch.Tensor:
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
+
+
 def main(out: Path) -> None:
     """The script: every rank runs it (the second one started by Lightning)."""
     torch.set_num_threads(1)
@@ -128,16 +132,26 @@ def main(out: Path) -> None:
     results[f"drawn/{rank}"] = list(model.drawn)
     # resume from a sharded checkpoint: 2 steps, save, 2 more, against 4 uninterrupted
     full = Net("adam")
-    _sharded([EquivariantProjection()], 4).fit(full)
+    full_monitor = EquivarianceMonitor(every_n_steps=1)
+    _sharded([EquivariantProjection(), full_monitor], 4).fit(full)
     results["resume/full"] = _weights(full)
+    results["resume/full_monitor"] = (
+        {n: _full_tensor(t) for n, t in full_monitor._w0.items()},
+        full_monitor.history[-1],
+    )
     first = Net("adam")
-    trainer = _sharded([EquivariantProjection()], 2)
+    trainer = _sharded([EquivariantProjection(), EquivarianceMonitor(every_n_steps=1)], 2)
     trainer.fit(first)
     checkpoint = out / "sharded.ckpt"
     trainer.save_checkpoint(checkpoint)
     results["resume/is_sharded"] = checkpoint.is_dir()
     resumed = Net("adam")
-    _sharded([EquivariantProjection()], 4).fit(resumed, ckpt_path=checkpoint)
+    monitor = EquivarianceMonitor(every_n_steps=1)
+    _sharded([EquivariantProjection(), monitor], 4).fit(resumed, ckpt_path=checkpoint)
+    results["resume/resumed_monitor"] = (
+        {n: _full_tensor(t) for n, t in monitor._w0.items()},
+        monitor.history[-1],
+    )
     results["resume/resumed"] = _weights(resumed)
     torch.save(results, out / f"rank{rank}.pt")
 
@@ -200,6 +214,15 @@ def test_resume_from_a_sharded_checkpoint(results):
     for rank in range(2):
         assert results[rank]["resume/is_sharded"]  # a directory: one file per rank
         _close(results[rank]["resume/resumed"], results[rank]["resume/full"], 1e-6)
+        # the monitor's start travels whole in the checkpoint (rank 0's copy) and is laid out again
+        (start, last), (full_start, full_last) = (
+            results[rank]["resume/resumed_monitor"],
+            results[rank]["resume/full_monitor"],
+        )
+        _close(start, full_start, 0.0 + 1e-12)
+        assert last.keys() == full_last.keys() and len(last) > 4
+        for key, value in full_last.items():
+            assert abs(last[key] - value) <= 1e-5 * (abs(value) + 1e-6), key
 
 
 @pytest.mark.parametrize(

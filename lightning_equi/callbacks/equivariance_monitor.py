@@ -33,6 +33,7 @@ from lightning_equi.metrics import (
     transformed_outputs,
 )
 from lightning_equi.subspace import GridWarning, ModelProjection, SymmetrySpec, grid_warnings, resolve_spec
+from lightning_equi.subspace.sharding import is_dtensor
 
 __all__ = ["EquivarianceMonitor", "TAGS"]
 
@@ -466,8 +467,10 @@ class EquivarianceMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        # whole tensors: a sharded checkpoint keeps the callbacks' state from rank 0 only, so a DTensor
+        # start (FSDP2) is gathered here (every rank calls this) and laid out again when measured
         return {
-            "w0": None if self._w0 is None else {k: v.detach().cpu() for k, v in self._w0.items()},
+            "w0": None if self._w0 is None else {k: _whole(v).cpu() for k, v in self._w0.items()},
             "probe": self._probe,
             "history": [dict(h) for h in self.history],
             "last_step": self._last_step,
@@ -479,6 +482,12 @@ class EquivarianceMonitor(Callback):
         self._probe = state_dict.get("probe")
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self._last_step = int(state_dict.get("last_step", -1))
+
+
+def _whole(tensor: Tensor) -> Tensor:
+    """A detached whole copy of ``tensor``: gathered for a DTensor (a collective)."""
+    tensor = tensor.detach()
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
 
 
 def _floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
