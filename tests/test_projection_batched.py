@@ -238,3 +238,19 @@ def test_hot_paths_do_not_synchronise_with_the_device():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()
+
+
+def test_cpu_buffers_are_cache_sized_and_one_buffer_on_request():
+    from lightning_equi.subspace.batched import CPU_NUMEL, MAX_NUMEL
+
+    proj = OrbitMeanProjector(conv_action(CyclicGroup(4), 64, 64))  # 36864 entries each
+    tensors = [torch.randn(proj.shape) for _ in range(4)]
+    expected = [proj.project(t) for t in tensors]
+    default, whole = BatchedProjection([proj] * 4), BatchedProjection([proj] * 4, max_numel=MAX_NUMEL)
+    assert [len(m) for m, _ in default._plan(tensors)] == [3, 1]  # 3 * 36864 <= CPU_NUMEL < 4 * 36864
+    assert 3 * proj.shape.numel() <= CPU_NUMEL < 4 * proj.shape.numel()
+    assert len(whole._plan(tensors)) == 1
+    whole.project_(tensors)
+    assert sum(count_kernels(lambda: whole.project_(tensors)).values()) == 9
+    for t, x in zip(tensors, expected, strict=True):
+        torch.testing.assert_close(t, x, rtol=0, atol=1e-6)
