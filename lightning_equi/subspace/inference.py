@@ -458,7 +458,7 @@ def _shapes(gm: fx.GraphModule, example: Tensor) -> None:
     except Exception as err:
         raise ValueError(
             f"infer_spec: the model does not run on example_input of shape {tuple(example.shape[1:])} "
-            f"({type(err).__name__}: {err})"
+            f"({type(err).__name__}: {err}); a shape is given without the batch axis, e.g. (3, 32, 32)"
         ) from err
     finally:
         for m, mode in modes:
