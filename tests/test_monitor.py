@@ -408,3 +408,25 @@ def test_monitor_warns_when_weights_in_E_do_not_make_an_equivariant_network(tmp_
         assert hits == []
         errors = [h["equi/functional_error"] for h in monitor.history if "equi/functional_error" in h]
         assert errors and max(errors) < 1e-5
+
+
+def test_the_in_E_diagnosis_checks_the_network_with_its_weights_projected(quiet_trainer):
+    """The "in E but not equivariant" warning asks whether the network with its tensors projected
+    exactly onto E is equivariant: a departure within the rounding gate that the network amplifies is
+    not blamed on something outside the weights. The check leaves every tensor as it was."""
+    torch.manual_seed(0)
+    model = BoringEquiModel()
+    monitor = EquivarianceMonitor()
+    quiet_trainer([EquivariantProjection(), monitor], max_steps=2).fit(model)
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=1e-2)  # far off E: the network is not equivariant
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        off = monitor._functional_error(model)["equi/functional_error"]
+        projected = monitor._error_in_E(model)
+    assert float(off) > 1e-3  # the perturbed network errs ...
+    assert projected < 1e-5  # ... and with its tensors projected onto E it does not
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # restored bit for bit
