@@ -17,6 +17,8 @@ CORE = (
     "lightning_equi.actions",
     "lightning_equi.subspace",
     "lightning_equi.metrics",
+    "lightning_equi.schedules",
+    "lightning_equi.stability",
 )
 ABOVE_CORE = (
     "lightning_equi.adapters",
